@@ -1,0 +1,5 @@
+import sys
+
+from mmclf.cli import main
+
+sys.exit(main())
