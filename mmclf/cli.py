@@ -20,6 +20,7 @@ COMMANDS = {
     "ensemble": ("mmclf.ensemble", "add_arguments", "run", "majority vote over fused runs or prediction tables"),
     "predict": ("mmclf.predict", "add_arguments", "run", "raw files + saved pipeline -> submission file"),
     "evaluate": ("mmclf.evaluation", "add_arguments", "run", "macro-F1, per-class report, confusion matrix"),
+    "push": ("mmclf.hub", "add_arguments", "run", "push a model, fusion run or pipeline folder to the Hub"),
     "demo": ("mmclf.demo", "add_arguments", "run", "the whole pipeline on the built-in demo catalog"),
 }
 

@@ -261,7 +261,7 @@ def _check_image(path: str) -> tuple[str, str]:
             if image.format == "JPEG":
                 image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
-    except Exception as error:  # PIL raises many kinds: every one means the file cannot be used
+    except Exception as error:  # noqa: BLE001 - PIL raises many kinds: every one means the file cannot be used
         return "unreadable", f"{type(error).__name__}: {error}"
     return ("ok" if mode == "RGB" else "non_rgb"), mode
 
@@ -280,7 +280,7 @@ def locate_images(table: RawTable, images_dir: Path | None, workers: int, strict
         names = [image_file_name(i, p) for i, p in zip(frame["image_id"], frame["product_id"])]
     else:
         raise ValueError(f"{table.path}: to find images, map image=COL or both image_id and product_id")
-    present = set(p.name for p in images_dir.iterdir())
+    present = {p.name for p in images_dir.iterdir()}
     candidates = [(row, str(images_dir / name)) for row, name in enumerate(names) if name and Path(name).name in present]
     paths = [None] * len(frame)
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -397,8 +397,8 @@ def build_dataset(
 
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation fraction must be in (0, 1), got {validation_fraction}")
-    options = dict(columns=columns, encoding=encoding, encoding_errors=encoding_errors, workers=workers,
-                   strict_images=strict_images)
+    options = {"columns": columns, "encoding": encoding, "encoding_errors": encoding_errors, "workers": workers,
+               "strict_images": strict_images}
     rejected: dict = {}
     main_files = SourceFiles(str(features_file), labels_file and str(labels_file), images_dir and str(images_dir))
     frame, paths, main_check, main_info = _load_source(main_files, options, rejected)

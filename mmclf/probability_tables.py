@@ -76,7 +76,7 @@ class ProbabilityTable:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "ProbabilityTable":
+    def load(cls, path: str | Path) -> ProbabilityTable:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"probability table not found: {path}")
@@ -100,7 +100,7 @@ class ProbabilityTable:
             path=str(path),
         )
 
-    def select(self, rows) -> "ProbabilityTable":
+    def select(self, rows) -> ProbabilityTable:
         rows = np.asarray(rows)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
@@ -114,7 +114,7 @@ class ProbabilityTable:
             path=self.path,
         )
 
-    def split_rows(self, *splits: str) -> "ProbabilityTable":
+    def split_rows(self, *splits: str) -> ProbabilityTable:
         return self.select(np.array([s in splits for s in self.splits], dtype=bool))
 
     def predictions(self) -> np.ndarray:

@@ -62,7 +62,7 @@ def test_ens_layout_builds_stratified_split_with_images(tmp_path):
 
 
 def test_split_is_deterministic_and_seeded(tmp_path):
-    x, y, images = write_ens(tmp_path / "raw", rows=60, images=False)
+    x, y, _ = write_ens(tmp_path / "raw", rows=60, images=False)
     a, _ = build_dataset(x, y)
     b, _ = build_dataset(x, y)
     c, _ = build_dataset(x, y, seed=5)

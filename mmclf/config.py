@@ -1,0 +1,242 @@
+"""Recipes: complete YAML configs for expert training, loaded by name or path, with `key=value` overrides.
+
+A recipe is a nested mapping. `SCHEMA` below names every key an expert run understands and its
+default; a recipe may only use these keys (an unknown key is an error naming the close ones), and
+keys it leaves out take the default, so the resolved config written into the run directory always
+holds every key. The shipped recipes (`mmclf/recipes/*.yaml`) spell out every key anyway.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+
+import yaml
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+TRAINING_DEFAULTS = {
+    "epochs": 3,
+    "batch_size": 32,  # global batch: split across processes (accelerate split_batches), so results do not
+    "eval_batch_size": 64,  # depend on the number of processes
+    "gradient_accumulation_steps": 1,
+    "optimizer": "adamw",  # adamw | sgd
+    "lr": 5.0e-5,
+    "weight_decay": 0.01,
+    "momentum": 0.9,  # sgd only
+    "scheduler": "linear",  # linear (warmup then linear decay) | cosine | constant | step (x step_gamma every step_epochs)
+    "warmup_ratio": 0.06,
+    "step_epochs": 12,
+    "step_gamma": 0.1,
+    "max_grad_norm": 1.0,  # 0 or null: no clipping
+    "early_stopping_patience": 0,  # epochs without a better validation macro-F1 before stopping; 0: off
+    "mixed_precision": None,  # null: from the accelerate launch config; or no | fp16 | bf16
+    "log_with": "auto",  # auto (tensorboard when installed) | none | tensorboard | wandb | ... (accelerate trackers)
+    "num_workers": 0,
+    "pin_memory": "auto",  # auto: when training on a GPU
+    "group_by_length": False,  # text: batches of similar lengths (less padding)
+    "channels_last": False,  # image: channels-last memory format (faster convolutions on recent GPUs)
+}
+
+TEXT_MODEL_DEFAULTS = {
+    "name": "tiny",  # a Hub id (camembert-base), a local folder, or "tiny": a small encoder built offline
+    "max_length": 256,
+    "dropout": 0.1,
+    # the "tiny" encoder: a CamemBERT config of this size and a Unigram tokenizer trained on the training texts
+    "tiny_vocab_size": 4000,
+    "tiny_hidden_size": 64,
+    "tiny_layers": 2,
+    "tiny_heads": 2,
+    "tiny_intermediate_size": 128,
+}
+
+IMAGE_MODEL_DEFAULTS = {
+    "name": "resnet152",  # any timm model name
+    "pretrained": False,  # true: ImageNet weights from the Hub; or a Hub id (hf-hub:org/name)
+    "pretrained_file": None,  # a local weights file (timm pretrained_cfg_overlay=dict(file=...))
+    "image_size": 224,
+    "resize_size": 256,  # resize the shorter side to this, then crop image_size (random for training, centre for eval)
+    "rotation": 15,  # random rotation in degrees (training)
+    "hflip": 0.5,  # horizontal flip probability (training)
+    "mean": None,  # null: the timm model's pretrained config (ImageNet)
+    "std": None,
+    "drop_rate": 0.0,
+    "missing_image": "blank",  # rows without an image get a blank mean-colour image (has_image=False), never dropped
+}
+
+SCHEMA = {
+    "expert": "text",  # text | image
+    "dataset": None,  # path of a DatasetDict written by `mmclf build-dataset`
+    "output_dir": None,
+    "seed": 42,
+    "folds": 1,  # k > 1: k stratified folds over train+validation -> probs/oof.parquet
+    "predict_splits": ["validation", "test"],  # splits to write probability tables for (missing ones are skipped)
+    "resume": False,  # continue from output_dir/checkpoints/last
+    "model": {},  # TEXT_MODEL_DEFAULTS or IMAGE_MODEL_DEFAULTS, by expert
+    "training": TRAINING_DEFAULTS,
+}
+MODEL_DEFAULTS = {"text": TEXT_MODEL_DEFAULTS, "image": IMAGE_MODEL_DEFAULTS}
+
+# keys that may differ when resuming a run: they do not change what is computed
+RESUME_FREE_KEYS = {"resume", "dataset", "output_dir", "training.log_with", "training.num_workers",
+                    "training.pin_memory", "training.eval_batch_size", "predict_splits"}
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def read_recipe(name_or_path: str | Path) -> dict:
+    path = Path(name_or_path)
+    if not path.is_file():
+        named = RECIPES_DIR / f"{name_or_path}.yaml"
+        if not named.is_file():
+            raise FileNotFoundError(f"no recipe file {str(name_or_path)!r} and no shipped recipe of that name; "
+                                    f"shipped recipes: {', '.join(recipe_names())}")
+        path = named
+    with open(path) as f:
+        try:
+            recipe = yaml.safe_load(f) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"recipe {path} is not valid YAML: {error}") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"recipe {path} must be a mapping of keys to values, got {type(recipe).__name__}")  # noqa: TRY004
+    return recipe
+
+
+def schema_for(expert: str) -> dict:
+    if expert not in MODEL_DEFAULTS:
+        raise ValueError(f"unknown expert {expert!r}; expected one of {sorted(MODEL_DEFAULTS)}")
+    schema = copy.deepcopy(SCHEMA)
+    schema["model"] = copy.deepcopy(MODEL_DEFAULTS[expert])
+    return schema
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _unknown_key_error(key: str, valid: list[str], where: str) -> ValueError:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown config key {key!r} in {where}.{hint} Valid keys: {', '.join(valid)}")
+
+
+def merge_into(schema: dict, values: dict, where: str, prefix: str = "") -> dict:
+    """Return schema defaults updated with values; any key not in the schema is an error."""
+    merged = copy.deepcopy(schema)
+    valid = sorted(flatten(schema))
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            raise _unknown_key_error(name, valid if not prefix else sorted(prefix + k for k in flatten(schema)), where)
+        if isinstance(schema[key], dict) and schema[key]:
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {name!r} in {where} must be a mapping, got {value!r}")
+            merged[key] = merge_into(schema[key], value, where, name + ".")
+        else:
+            merged[key] = _as_schema_type(schema[key], value, name, where)
+    return merged
+
+
+def _as_schema_type(default, value, name: str, where: str):
+    """Numbers written like 1e-4 load as strings in YAML 1.1: read them as numbers where a number is expected."""
+    numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if numeric and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"config key {name!r} in {where} must be a number, got {value!r}") from None
+        return int(number) if isinstance(default, int) and number.is_integer() else number
+    return value
+
+
+def parse_overrides(overrides) -> dict:
+    """['training.lr=1e-4', 'dataset=DIR'] -> nested dict; values are parsed as YAML (numbers, lists, null...)."""
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (dotted keys for nesting, e.g. training.lr=1e-4)")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError as error:
+            raise ValueError(f"override {item!r}: value is not valid YAML: {error}") from None
+        parts = key.strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r} conflicts with another override of {part!r}")  # noqa: TRY004
+        node[parts[-1]] = value
+    return nested
+
+
+def validate(config: dict) -> None:
+    training = config["training"]
+    checks = [
+        (config["folds"] is not None and int(config["folds"]) >= 1, "folds must be an integer >= 1"),
+        (training["epochs"] >= 1, "training.epochs must be >= 1"),
+        (training["batch_size"] >= 1, "training.batch_size must be >= 1"),
+        (training["gradient_accumulation_steps"] >= 1, "training.gradient_accumulation_steps must be >= 1"),
+        (training["optimizer"] in ("adamw", "sgd"), "training.optimizer must be adamw or sgd"),
+        (training["scheduler"] in ("linear", "cosine", "constant", "step"),
+         "training.scheduler must be linear, cosine, constant or step"),
+        (training["lr"] > 0, "training.lr must be > 0"),
+        (isinstance(config["predict_splits"], list), "predict_splits must be a list of split names"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"invalid config: {message}")
+
+
+def load_config(name_or_path: str, overrides=()) -> dict:
+    """Read a recipe (shipped name or YAML path), apply `key=value` overrides, check every key, fill defaults."""
+    recipe = read_recipe(name_or_path)
+    extra = parse_overrides(overrides)
+    expert = extra.get("expert", recipe.get("expert", SCHEMA["expert"]))
+    schema = schema_for(expert)
+    config = merge_into(schema, recipe, where=f"recipe {name_or_path}")
+    config = merge_into(schema, _deep_update(config, extra), where="command-line overrides")
+    validate(config)
+    return config
+
+
+def _deep_update(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve(config: dict) -> dict:
+    """Complete a (possibly partial) config dict against the schema; the Python API's entry point."""
+    schema = schema_for(config.get("expert", SCHEMA["expert"]))
+    resolved = merge_into(schema, config, where="config")
+    validate(resolved)
+    return resolved
+
+
+def write_config(config: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    return path
+
+
+def config_differences(saved: dict, current: dict, ignore=RESUME_FREE_KEYS) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs (outside `ignore`)."""
+    a, b = flatten(saved), flatten(current)
+    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))

@@ -1,0 +1,327 @@
+"""`mmclf train` and `mmclf predict-expert`: train an expert from a recipe, write its run directory, and
+write probability tables of saved experts.
+
+Run directory (`output_dir`):
+    config.yaml              the resolved config (every key)
+    model/                   the trained expert in save_pretrained form (+ mmclf_expert.json: kind, class order)
+    checkpoints/best, last/  accelerate save_state folders (`--resume` continues from last)
+    probs/<split>.parquet    probability tables of the splits in `predict_splits`
+    probs/oof.parquet        out-of-fold probabilities of every labelled row (train + validation) when folds > 1
+    folds/<i>/               the fold runs (model, metrics, held-out table)
+    metrics.json             per-epoch and best validation metrics
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import yaml
+from accelerate.utils import set_seed
+
+from mmclf import training_loop as loop
+from mmclf.config import config_differences, flatten, load_config, resolve, write_config
+from mmclf.probability_tables import ProbabilityTable
+
+EXPERT_FILE = "mmclf_expert.json"
+EXPERTS = {"text": ("mmclf.text_expert", "TextExpert"), "image": ("mmclf.image_expert", "ImageExpert")}
+
+
+def expert_class(kind: str):
+    if kind not in EXPERTS:
+        raise ValueError(f"unknown expert kind {kind!r}; expected one of {sorted(EXPERTS)}")
+    module, name = EXPERTS[kind]
+    return getattr(importlib.import_module(module), name)
+
+
+def load_expert(model_dir):
+    """The saved text or image expert in `model_dir` (kind read from its mmclf_expert.json)."""
+    info_file = Path(model_dir) / EXPERT_FILE
+    if not info_file.is_file():
+        raise FileNotFoundError(f"{model_dir} is not a saved mmclf expert (no {EXPERT_FILE})")
+    kind = json.loads(info_file.read_text())["kind"]
+    return expert_class(kind).from_pretrained(model_dir)
+
+
+# --- input checks -------------------------------------------------------------------------------------------
+
+def load_dataset_dict(path):
+    import datasets
+
+    if path is None:
+        raise ValueError("no dataset given: set dataset=DIR (a folder written by `mmclf build-dataset`)")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {path}")
+    return datasets.load_from_disk(str(path))
+
+
+def check_dataset(dataset, expert_cls, where: str) -> list[str]:
+    """Raise unless `dataset` has the columns the expert needs and a ClassLabel label; return the class names."""
+    missing = [c for c in expert_cls.required_columns if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"{where} lacks column(s) {missing} needed by the {expert_cls.kind} expert; "
+                         f"it has {dataset.column_names}")
+    names = getattr(dataset.features["label"], "names", None)
+    if names is None:
+        raise ValueError(f"{where}: column 'label' must be a datasets.ClassLabel (the class order), "
+                         f"got {dataset.features['label']}")
+    return list(names)
+
+
+def check_class_names(dataset_names: list[str], model_names: list[str], where: str) -> None:
+    if dataset_names != model_names:
+        only_data = sorted(set(dataset_names) - set(model_names))
+        only_model = sorted(set(model_names) - set(dataset_names))
+        detail = (f"only in the dataset: {only_data}; only in the model: {only_model}" if only_data or only_model
+                  else "same classes in a different order")
+        raise ValueError(f"{where}: class names differ from the model's ({detail}); dataset: {dataset_names}, "
+                         f"model: {model_names}")
+
+
+# --- training -----------------------------------------------------------------------------------------------
+
+def prepare_run_dir(config: dict) -> Path:
+    if not config["output_dir"]:
+        raise ValueError("no output_dir given: set output_dir=RUN_DIR")
+    run_dir = Path(config["output_dir"])
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        if not config["resume"]:
+            raise ValueError(f"{run_dir} already holds a run ({saved}); pass --resume (resume=true) to continue it "
+                             f"or choose another output_dir")
+        previous = yaml.safe_load(saved.read_text())
+        differences = config_differences(previous, config)
+        if differences:
+            details = "; ".join(f"{k}: {flatten(previous).get(k)!r} -> {flatten(config).get(k)!r}" for k in differences)
+            raise ValueError(f"cannot resume {run_dir}: its config.yaml differs from this config in {details}")
+    if loop.process_state().is_main_process:
+        write_config(config, saved)
+    loop.process_state().wait_for_everyone()
+    return run_dir
+
+
+def build_or_reload_expert(config: dict, class_names: list[str], train_dataset, run_dir: Path):
+    """Main process builds the expert (e.g. trains the tiny tokenizer) and saves it; the others load that copy,
+    so every process, and a resumed run, uses the same tokenizer."""
+    state, model_dir = loop.process_state(), run_dir / "model"
+    expert_cls = expert_class(config["expert"])
+    reuse = config["resume"] and (model_dir / EXPERT_FILE).is_file()
+    set_seed(config["seed"])
+    if state.is_main_process:
+        expert = expert_cls.from_pretrained(model_dir) if reuse else expert_cls.build(
+            config["model"], class_names, train_dataset)
+        if not reuse:
+            expert.save_pretrained(model_dir)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        expert = expert_cls.from_pretrained(model_dir)
+    if config["expert"] == "image":  # the saved folder has no augmentation settings; training needs them
+        expert.rotation, expert.hflip = config["model"]["rotation"], config["model"]["hflip"]
+    return expert
+
+
+def encode(expert, dataset, train: bool):
+    with loop.process_state().main_process_first():
+        return expert.encode(dataset, train=train)
+
+
+def fit(config: dict, train_dataset, eval_dataset, run_dir: Path, class_names: list[str]):
+    """Train one expert on train_dataset, selecting the best epoch on eval_dataset. Returns (expert, state, acc)."""
+    training = config["training"]
+    expert = build_or_reload_expert(config, class_names, train_dataset, run_dir)
+    accelerator = loop.make_accelerator(training, run_dir)
+    train_encoded, eval_encoded = encode(expert, train_dataset, True), encode(expert, eval_dataset, False)
+    lengths = expert.lengths(train_encoded) if training["group_by_length"] else None
+    train_loader, eval_loader = loop.make_dataloaders(train_encoded, eval_encoded, expert.collate_fn, training,
+                                                      config["seed"], lengths, accelerator)
+    set_seed(config["seed"])
+    tracker_config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()}
+    state = loop.train(expert.model, train_loader, eval_loader, training, run_dir, accelerator, config["seed"],
+                       resume=config["resume"], tracker_config=tracker_config)
+    expert.model = accelerator.unwrap_model(expert.model)
+    if accelerator.is_main_process:
+        expert.save_pretrained(run_dir / "model")
+    accelerator.wait_for_everyone()
+    return expert, state, accelerator
+
+
+def predict_table(accelerator, expert, dataset, split_names, batch_size: int, source: str) -> ProbabilityTable:
+    """Probabilities of every row of `dataset` (in order), computed on all processes, gathered."""
+    import torch
+
+    encoded = encode(expert, dataset, train=False)
+    _, loader = loop.make_dataloaders(None, encoded, expert.collate_fn, {"eval_batch_size": batch_size}, 0,
+                                      accelerator=accelerator)
+    loader = accelerator.prepare_data_loader(loader)
+    expert.model.to(accelerator.device)
+    logits, _ = loop.predict(accelerator, expert.model, loader)
+    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    splits = [split_names] * len(dataset) if isinstance(split_names, str) else split_names
+    return ProbabilityTable(ids=list(dataset["id"]), splits=splits, labels=np.asarray(dataset["label"]),
+                            probs=probs, class_names=expert.class_names, source=source)
+
+
+def save_table(table: ProbabilityTable, path: Path) -> None:
+    if loop.process_state().is_main_process:
+        table.save(path)
+
+
+def summary(state) -> dict:
+    return {"best_epoch": state.best_epoch, "best_eval_macro_f1": state.best_score, "epochs": state.history}
+
+
+def train_folds(config: dict, dataset_dict, run_dir: Path, class_names: list[str]) -> tuple[ProbabilityTable, list]:
+    """k models over k stratified folds of train+validation; out-of-fold probabilities of every labelled row."""
+    from datasets import concatenate_datasets
+    from sklearn.model_selection import StratifiedKFold
+
+    parts = [dataset_dict["train"], dataset_dict["validation"]]
+    labelled = concatenate_datasets(parts)
+    origin = ["train"] * len(parts[0]) + ["validation"] * len(parts[1])
+    labels = np.asarray(labelled["label"])
+    if (labels < 0).any():
+        raise ValueError(f"folds need labels on every train and validation row; {int((labels < 0).sum())} rows "
+                         f"have label -1 (e.g. id {labelled[int(np.flatnonzero(labels < 0)[0])]['id']!r})")
+    k = int(config["folds"])
+    counts = np.bincount(labels, minlength=len(class_names))
+    if counts.min() < k:
+        rare = [class_names[i] for i in np.flatnonzero(counts < k)]
+        raise ValueError(f"folds={k} needs at least {k} labelled rows of every class; classes {rare} have fewer")
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=config["seed"])
+    probs = np.zeros((len(labelled), len(class_names)), dtype=np.float32)
+    fold_metrics = []
+    for i, (train_rows, held_rows) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        fold_dir = run_dir / "folds" / str(i)
+        held_path = fold_dir / "probs" / "heldout.parquet"
+        fold_config = {**config, "output_dir": str(fold_dir), "folds": 1, "predict_splits": []}
+        if not (config["resume"] and held_path.is_file()):
+            loop.process_state().print(f"fold {i + 1}/{k}: {len(train_rows)} training rows, {len(held_rows)} held out")
+            prepare_run_dir(fold_config)
+            held = labelled.select(held_rows)
+            expert, state, accelerator = fit(fold_config, labelled.select(train_rows), held, fold_dir, class_names)
+            table = predict_table(accelerator, expert, held, [origin[j] for j in held_rows],
+                                  config["training"]["eval_batch_size"], source=f"{run_dir.name}/folds/{i}")
+            save_table(table, held_path)
+            write_json({**summary(state), "train_rows": len(train_rows), "heldout_rows": len(held_rows)},
+                       fold_dir / "metrics.json")
+            if loop.process_state().is_main_process:  # the fold is complete: its checkpoints are no longer needed
+                shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)
+            loop.process_state().wait_for_everyone()
+        fold_table = ProbabilityTable.load(held_path)
+        probs[held_rows] = fold_table.probs
+        fold_metrics.append({"fold": i, **json.loads((fold_dir / "metrics.json").read_text())})
+    oof = ProbabilityTable(ids=list(labelled["id"]), splits=origin, labels=labels, probs=probs,
+                           class_names=class_names, source=f"{run_dir.name}/oof")
+    return oof, fold_metrics
+
+
+def write_json(data: dict, path: Path) -> None:
+    if loop.process_state().is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2))
+
+
+def train_expert(config: dict) -> Path:
+    """Run a full training (folds included) from a config dict; return the run directory."""
+    config = resolve(config)
+    dataset_dict = load_dataset_dict(config["dataset"])
+    for split in ("train", "validation"):
+        if split not in dataset_dict:
+            raise ValueError(f"dataset {config['dataset']} has no {split!r} split (splits: {list(dataset_dict)})")
+    expert_cls = expert_class(config["expert"])
+    class_names = check_dataset(dataset_dict["train"], expert_cls, f"dataset {config['dataset']} split 'train'")
+    for split in dataset_dict:
+        check_class_names(check_dataset(dataset_dict[split], expert_cls, f"dataset {config['dataset']} split {split!r}"),
+                          class_names, f"dataset {config['dataset']} split {split!r}")
+    run_dir = prepare_run_dir(config)
+
+    metrics = {}
+    if int(config["folds"]) > 1:
+        oof, fold_metrics = train_folds(config, dataset_dict, run_dir, class_names)
+        save_table(oof, run_dir / "probs" / "oof.parquet")
+        metrics["folds"] = fold_metrics
+        metrics["oof_macro_f1"] = loop.macro_f1(oof.probs, oof.labels)
+
+    expert, state, accelerator = fit(config, dataset_dict["train"], dataset_dict["validation"], run_dir, class_names)
+    for split in config["predict_splits"]:
+        if split not in dataset_dict:
+            accelerator.print(f"predict_splits: the dataset has no {split!r} split; skipped")
+            continue
+        table = predict_table(accelerator, expert, dataset_dict[split], split,
+                              config["training"]["eval_batch_size"], source=run_dir.name)
+        save_table(table, run_dir / "probs" / f"{split}.parquet")
+        if split == "validation":
+            metrics["validation_rows"] = len(table)
+    write_json({**summary(state), **metrics}, run_dir / "metrics.json")
+    accelerator.print(f"best validation macro-F1 {state.best_score:.4f} (epoch {state.best_epoch}); run in {run_dir}")
+    return run_dir
+
+
+# --- prediction API -----------------------------------------------------------------------------------------
+
+def _loaded(model_dir, dataset, where: str):
+    expert = load_expert(model_dir)
+    names = check_dataset(dataset, type(expert), where)
+    check_class_names(names, expert.class_names, where)
+    return expert
+
+
+def predict_probabilities(model_dir, dataset, split: str, batch_size: int = 64) -> ProbabilityTable:
+    """Probability table of a saved expert on `dataset` (rows in dataset order, all marked `split`)."""
+    expert = _loaded(model_dir, dataset, f"dataset split {split!r}")
+    accelerator = loop.make_accelerator({"log_with": None})
+    return predict_table(accelerator, expert, dataset, split, batch_size, source=Path(model_dir).parent.name)
+
+
+def extract_features(model_dir, dataset, batch_size: int = 64) -> np.ndarray:
+    """Pooled backbone features [rows, dim] of a saved expert, in dataset order (text: first-token hidden state;
+    image: timm forward_head(forward_features(x), pre_logits=True))."""
+    import torch
+    from tqdm.auto import tqdm
+
+    expert = _loaded(model_dir, dataset, "dataset")
+    device = loop.process_state().device
+    expert.model.to(device).eval()
+    _, loader = loop.make_dataloaders(None, encode(expert, dataset, train=False), expert.collate_fn,
+                                      {"eval_batch_size": batch_size}, 0)
+    features = []
+    for batch in tqdm(loader, desc="features", leave=False):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        features.append(expert.features(batch).float().cpu())
+    return torch.cat(features).numpy()
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+def add_train_arguments(parser) -> None:
+    parser.add_argument("--config", required=True, help="recipe name (e.g. text-tiny, image-tiny) or YAML path")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="override any recipe key, dotted for nesting: dataset=DIR training.epochs=3")
+    parser.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+
+
+def run_train(args) -> int:
+    overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
+    train_expert(load_config(args.config, overrides))
+    return 0
+
+
+def add_predict_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="a saved expert folder (RUN/model)")
+    parser.add_argument("--dataset", required=True, help="a DatasetDict folder written by `mmclf build-dataset`")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out", required=True, help="the probability table to write (.parquet)")
+    parser.add_argument("--batch-size", type=int, default=64)
+
+
+def run_predict(args) -> int:
+    dataset_dict = load_dataset_dict(args.dataset)
+    if args.split not in dataset_dict:
+        raise ValueError(f"dataset {args.dataset} has no split {args.split!r} (splits: {list(dataset_dict)})")
+    table = predict_probabilities(args.model, dataset_dict[args.split], args.split, args.batch_size)
+    save_table(table, Path(args.out))
+    loop.process_state().print(f"wrote {len(table)} rows to {args.out}")
+    return 0

@@ -1,0 +1,270 @@
+"""The one training loop of mmclf, built on Accelerate; every network (text, image, ...) trains through it.
+
+The loop is generic: it gets a model that maps a batch dict (minus "labels") to logits (or to an
+output with `.logits`), train and eval dataloaders, and the `training` section of a config. It
+does gradient accumulation with `accelerator.accumulate`, mixed precision from the launch config,
+clipping, AdamW/SGD with warmup-linear/cosine/step schedules, an evaluation with macro-F1 on
+gathered predictions each epoch, `save_state` checkpoints (best by validation macro-F1, and last),
+resume, early stopping and tracker logging.
+
+Batch size is global: batches are split across processes (`split_batches=True`), so a run on N
+processes sees the same batches, and reaches the same result, as a run on one.
+
+Resume works at epoch granularity: checkpoints are written at the end of each epoch, and a resumed
+run restarts at the first unfinished epoch with the model, optimizer, scheduler, RNG states, the
+sampler's epoch and the loop state (epoch counter, best score, history) of the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env
+from sklearn.metrics import f1_score
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+BEST, LAST = "best", "last"
+
+
+@dataclass
+class LoopState:
+    """What a resumed run needs beyond model/optimizer/scheduler/RNG: saved with every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    best_score: float = -1.0
+    best_epoch: int = -1
+    epochs_without_improvement: int = 0
+    history: list = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+class EpochSampler(Sampler):
+    """Shuffles from (seed, epoch) alone, so the order is identical on every process and after a resume.
+
+    With `lengths`, indices are grouped by length: shuffled, cut into chunks of 50 batches, each chunk
+    sorted by length, and the resulting batches shuffled (less padding, still random).
+    """
+
+    def __init__(self, num_rows: int, seed: int, lengths=None, batch_size: int = 1):
+        self.num_rows, self.seed, self.epoch = num_rows, seed, 0
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.batch_size = batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.epoch = state["seed"], state["epoch"]
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.num_rows, generator=generator).numpy()
+        if self.lengths is not None:
+            chunk = self.batch_size * 50
+            order = np.concatenate([sorted(order[i:i + chunk], key=lambda j: -self.lengths[j])
+                                    for i in range(0, len(order), chunk)])
+            batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            batch_order = torch.randperm(len(batches), generator=generator).tolist()
+            order = np.concatenate([batches[b] for b in batch_order])
+        return iter(order.tolist())
+
+
+def process_state() -> PartialState:
+    """This process's rank and device. Honours ACCELERATE_USE_CPU like Accelerator does (a bare PartialState()
+    created first would miss a multi-process CPU launch)."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def make_accelerator(training: dict, run_dir: str | Path | None = None) -> Accelerator:
+    log_with = training.get("log_with", "auto")
+    if log_with == "auto":
+        log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else None
+    elif log_with in (None, "none", False):
+        log_with = None
+    kwargs = {} if training.get("mixed_precision") is None else {"mixed_precision": training["mixed_precision"]}
+    return Accelerator(
+        gradient_accumulation_steps=training.get("gradient_accumulation_steps", 1),
+        log_with=log_with if run_dir is not None else None,
+        project_dir=str(Path(run_dir) / "logs") if run_dir is not None else None,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        **kwargs,
+    )
+
+
+def make_dataloaders(train_dataset, eval_dataset, collate_fn, training: dict, seed: int, lengths=None,
+                     accelerator: Accelerator | None = None):
+    pin = training.get("pin_memory", "auto")
+    pin = (accelerator is not None and accelerator.device.type == "cuda") if pin == "auto" else bool(pin)
+    common = {"collate_fn": collate_fn, "num_workers": training.get("num_workers", 0), "pin_memory": pin,
+                  "persistent_workers": False}
+    train_loader = None
+    if train_dataset is not None:
+        sampler = EpochSampler(len(train_dataset), seed, lengths if training.get("group_by_length") else None,
+                               training["batch_size"])
+        train_loader = DataLoader(train_dataset, batch_size=training["batch_size"], sampler=sampler, **common)
+    eval_loader = None
+    if eval_dataset is not None:
+        eval_loader = DataLoader(eval_dataset, batch_size=training["eval_batch_size"], shuffle=False, **common)
+    return train_loader, eval_loader
+
+
+def build_optimizer(model: torch.nn.Module, training: dict) -> torch.optim.Optimizer:
+    # no weight decay on biases and normalisation weights (1-d parameters)
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": training["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    if training["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=training["lr"], momentum=training["momentum"])
+    return torch.optim.AdamW(groups, lr=training["lr"])
+
+
+def build_scheduler(optimizer, training: dict, steps_per_epoch: int):
+    total = steps_per_epoch * training["epochs"]
+    if training["scheduler"] == "step":
+        every, gamma = training["step_epochs"], training["step_gamma"]
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: gamma ** ((step // steps_per_epoch) // every))
+    warmup = int(training["warmup_ratio"] * total)
+    name = "constant_with_warmup" if training["scheduler"] == "constant" else training["scheduler"]
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def logits_of(outputs) -> torch.Tensor:
+    return outputs.logits if hasattr(outputs, "logits") else outputs
+
+
+def cross_entropy(outputs, batch: dict) -> torch.Tensor:
+    return F.cross_entropy(logits_of(outputs).float(), batch["labels"])
+
+
+@torch.no_grad()
+def predict(accelerator: Accelerator, model, loader, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of every row of a prepared, unshuffled loader, gathered over processes in row order."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
+        with accelerator.autocast():
+            logits = logits_of(model(**model_inputs(batch)))
+        logits, labels = accelerator.gather_for_metrics((logits.contiguous(), batch["labels"]))
+        all_logits.append(logits.float().cpu())
+        all_labels.append(labels.cpu())
+    return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
+
+
+def macro_f1(logits: np.ndarray, labels: np.ndarray) -> float:
+    known = labels >= 0
+    if not known.any():
+        return float("nan")
+    return float(f1_score(labels[known], logits[known].argmax(axis=1), average="macro"))
+
+
+def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path, accelerator: Accelerator,
+          seed: int, loss_fn=cross_entropy, resume: bool = False, tracker_config: dict | None = None) -> LoopState:
+    """Train `model`; return the loop state. On return the model holds the best checkpoint's weights."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    steps_per_epoch = math.ceil(len(train_loader) / training["gradient_accumulation_steps"])
+    optimizer = build_optimizer(model, training)
+    scheduler = build_scheduler(optimizer, training, steps_per_epoch)
+    sampler = train_loader.sampler
+    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader, scheduler)
+    if training.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    state = LoopState()
+    accelerator.register_for_checkpointing(state)
+    if hasattr(sampler, "state_dict"):
+        accelerator.register_for_checkpointing(sampler)
+    if resume and (checkpoints / LAST).is_dir():
+        accelerator.load_state(str(checkpoints / LAST))
+        accelerator.print(f"resumed from {checkpoints / LAST} after epoch {state.epoch}")
+    if accelerator.trackers == [] and accelerator.log_with:
+        accelerator.init_trackers(Path(run_dir).name or "mmclf", config=tracker_config or {})
+
+    clip = training.get("max_grad_norm") or 0
+    patience = training.get("early_stopping_patience") or 0
+    for epoch in range(state.epoch, training["epochs"]):
+        if patience and state.epochs_without_improvement >= patience:
+            break
+        model.train()
+        train_loader.set_epoch(epoch)
+        total_loss, batches = torch.zeros((), device=accelerator.device), 0
+        progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{training['epochs']}",
+                        disable=not accelerator.is_local_main_process)
+        for batch in progress:
+            with accelerator.accumulate(model):
+                loss = loss_fn(model(**model_inputs(batch)), batch)
+                accelerator.backward(loss)
+                if clip and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            total_loss += loss.detach()
+            batches += 1
+            if batches % 10 == 0:
+                progress.set_postfix(loss=f"{total_loss.item() / batches:.4f}")
+
+        logits, labels = predict(accelerator, model, eval_loader, desc="evaluate")
+        train_loss = accelerator.reduce(total_loss, "mean").item() / max(batches, 1)
+        eval_loss = float(F.cross_entropy(torch.from_numpy(logits[labels >= 0]), torch.from_numpy(labels[labels >= 0])))
+        score = macro_f1(logits, labels)
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "eval_loss": eval_loss, "eval_macro_f1": score,
+                  "eval_rows": len(labels), "lr": scheduler.get_last_lr()[0]}
+        state.epoch = epoch + 1
+        state.history.append(record)
+        improved = score > state.best_score
+        if improved:
+            state.best_score, state.best_epoch, state.epochs_without_improvement = score, epoch + 1, 0
+        else:
+            state.epochs_without_improvement += 1
+        accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+        accelerator.print(f"epoch {epoch + 1}: train loss {train_loss:.4f}  eval loss {eval_loss:.4f}  "
+                          f"eval macro-F1 {score:.4f}{'  (best)' if improved else ''}")
+        if improved:
+            save_checkpoint(accelerator, checkpoints / BEST)
+        save_checkpoint(accelerator, checkpoints / LAST)
+
+    if (checkpoints / BEST).is_dir():
+        final = state.state_dict()
+        accelerator.load_state(str(checkpoints / BEST))  # best weights; the loop state keeps the final history
+        state.load_state_dict(final)
+    for tracker in accelerator.trackers:  # not end_training(): it would destroy the process group, still needed
+        tracker.finish()
+    return state
+
+
+def save_checkpoint(accelerator: Accelerator, directory: Path) -> None:
+    """save_state into `directory`, replacing an older checkpoint there only once the new one is complete."""
+    partial = directory.with_name(directory.name + ".partial")
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if directory.exists():
+            shutil.rmtree(directory)
+        partial.rename(directory)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+from _expert_fixtures import CLASS_NAMES, make_dataset_dict, save_dataset_dict
+from datasets import load_from_disk
+
+from mmclf.config import load_config
+from mmclf.probability_tables import ProbabilityTable
+from mmclf.text_expert import TextExpert, train_tiny_tokenizer
+from mmclf.train import (
+    extract_features,
+    load_expert,
+    predict_probabilities,
+    train_expert,
+)
+
+TINY = ["model.max_length=32", "model.tiny_vocab_size=300", "training.log_with=none", "training.epochs=2",
+        "training.batch_size=16", "training.lr=5e-3"]
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    dataset_dir = save_dataset_dict(root / "ds")
+    run_dir = train_expert(load_config("text-tiny", [f"dataset={dataset_dir}", f"output_dir={root / 'run'}"] + TINY))
+    return run_dir, load_from_disk(str(dataset_dir))
+
+
+def test_tiny_tokenizer_encodes_pairs_with_longest_first_truncation():
+    tokenizer = train_tiny_tokenizer(["le livre rouge est neuf", "jeu de console avec manette"] * 20, 60)
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3]) == ["<s>", "<pad>", "</s>", "<unk>"]
+    pair = tokenizer("livre " * 30, "jeu console", truncation="longest_first", max_length=16)["input_ids"]
+    assert len(pair) == 16
+    assert pair[0] == tokenizer.cls_token_id and pair[-1] == tokenizer.sep_token_id
+    assert pair.count(tokenizer.sep_token_id) == 3  # <s> A </s></s> B </s>: the description survived truncation
+
+
+def test_run_directory_and_tables(text_run):
+    run_dir, dataset = text_run
+    for name in ("config.yaml", "metrics.json", "model/config.json", "model/tokenizer.json", "model/mmclf_expert.json",
+                 "checkpoints/best/model.safetensors", "checkpoints/last/optimizer.bin"):
+        assert (run_dir / name).is_file(), name
+    for split in ("validation", "test"):
+        table = ProbabilityTable.load(run_dir / "probs" / f"{split}.parquet")
+        assert table.ids == list(dataset[split]["id"])
+        assert table.splits == [split] * len(dataset[split])
+        assert table.labels.tolist() == list(dataset[split]["label"])
+        assert table.class_names == CLASS_NAMES
+        assert table.probs.shape == (len(dataset[split]), len(CLASS_NAMES))
+        assert np.allclose(table.probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_reload_gives_the_same_probabilities(text_run):
+    run_dir, dataset = text_run
+    expert = load_expert(run_dir / "model")
+    assert isinstance(expert, TextExpert)
+    assert expert.class_names == CLASS_NAMES and expert.max_length == 32
+    saved = ProbabilityTable.load(run_dir / "probs" / "validation.parquet")
+    again = predict_probabilities(run_dir / "model", dataset["validation"], "validation", batch_size=7)
+    assert again.ids == saved.ids
+    assert np.allclose(again.probs, saved.probs, atol=1e-5)
+
+
+def test_features_are_first_token_states_in_dataset_order(text_run):
+    run_dir, dataset = text_run
+    features = extract_features(run_dir / "model", dataset["test"], batch_size=8)
+    assert features.shape == (len(dataset["test"]), 64)
+    subset = extract_features(run_dir / "model", dataset["test"].select([5, 2]), batch_size=8)
+    assert np.allclose(subset, features[[5, 2]], atol=1e-5)
+    expert = load_expert(run_dir / "model")
+    batch = expert.collate_fn([expert.encode(dataset["test"].select([0]))[0]])
+    hidden = expert.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert np.allclose(hidden.last_hidden_state[0, 0].detach().numpy(), features[0], atol=1e-5)
+
+
+def test_dataset_without_text_columns_or_with_other_classes_is_refused(text_run):
+    run_dir, dataset = text_run
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['description'\]"):
+        predict_probabilities(run_dir / "model", dataset["test"].remove_columns("description"), "test")
+    other = make_dataset_dict(train_rows=8, validation_rows=0, test_rows=0, class_names=["10", "40", "50", "60"])
+    with pytest.raises(ValueError, match=r"class names differ.*only in the dataset: \['50', '60'\]"):
+        predict_probabilities(run_dir / "model", other["train"], "train")
+
+
+def test_unlabelled_rows_are_predicted(text_run):
+    run_dir, dataset = text_run
+    unlabelled = dataset["test"].map(lambda row: {"label": -1})
+    table = predict_probabilities(run_dir / "model", unlabelled, "test")
+    assert (table.labels == -1).all() and len(table) == len(dataset["test"])
+
+
+def test_collate_pads_per_batch():
+    dataset = make_dataset_dict(train_rows=40, validation_rows=0, test_rows=0)["train"]
+    config = load_config("text-tiny", TINY)
+    expert = TextExpert.build(config["model"], CLASS_NAMES, dataset)
+    encoded = expert.encode(dataset)
+    rows = [encoded[i] for i in range(4)]
+    batch = expert.collate_fn(rows)
+    assert batch["input_ids"].shape[1] == max(len(r["input_ids"]) for r in rows) <= 32
+    assert torch.equal(batch["labels"], torch.tensor(dataset["label"][:4]))
