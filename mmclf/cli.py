@@ -18,6 +18,7 @@ COMMANDS = {
     "predict-expert": ("mmclf.train", "add_predict_arguments", "run_predict", "probability table of a saved expert"),
     "fuse": ("mmclf.fusion", "add_arguments", "run", "decision-level fusion over experts' probability tables"),
     "ensemble": ("mmclf.ensemble", "add_arguments", "run", "majority vote over fused runs or prediction tables"),
+    "pipeline": ("mmclf.predict", "add_pipeline_arguments", "run_pipeline", "assemble experts + fusions for predict"),
     "predict": ("mmclf.predict", "add_arguments", "run", "raw files + saved pipeline -> submission file"),
     "evaluate": ("mmclf.evaluation", "add_arguments", "run", "macro-F1, per-class report, confusion matrix"),
     "push": ("mmclf.hub", "add_arguments", "run", "push a model, fusion run or pipeline folder to the Hub"),

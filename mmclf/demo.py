@@ -55,11 +55,10 @@ def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion
     from mmclf.demo_catalog import generate_catalog
     from mmclf.ensemble import majority_vote
     from mmclf.evaluation import compute_report, write_report
-    from mmclf.feature_fusion import fit_feature_fusion
+    from mmclf.feature_fusion import fuse_expert_features
     from mmclf.fusion import FusionModel, fit_decision_fusion
     from mmclf.predict import predict_dataset, write_pipeline, write_submission
     from mmclf.probability_tables import ProbabilityTable
-    from mmclf.train import extract_features
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,16 +91,12 @@ def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion
     scores = {expert: _macro_f1(test_labels, table.predictions()) for expert, table in zip(runs, test)}
 
     # Feature-level fusion: frozen final experts, features extracted once, a head trained on train
-    # and validated on validation.
-    features = {split: [extract_features(runs[e] / "model", dataset[split]) for e in runs]
-                for split in ("train", "validation", "test")}
-    feature_model = fit_feature_fusion(
-        features["train"], np.asarray(dataset["train"]["label"][:]),
-        features["validation"], np.asarray(dataset["validation"]["label"][:]),
-        combine="concat", class_names=class_names, seed=seed,
-    )
-    feature_model.save_pretrained(out / "fusion" / "feature-concat")
-    scores["feature_fusion"] = _macro_f1(test_labels, feature_model.predict_proba(features["test"]).argmax(axis=1))
+    # and selected on validation.
+    feature_dir = out / "fusion" / "feature-concat"
+    if not (feature_dir / "metrics.json").is_file():
+        fuse_expert_features({e: runs[e] / "model" for e in runs}, dataset, feature_dir, combine="concat", seed=seed)
+    feature_test = ProbabilityTable.load(feature_dir / "probs" / "test.parquet")
+    scores["feature_fusion"] = _macro_f1(test_labels, feature_test.predictions())
     stage("feature-level fusion")
 
     # Decision-level fusion: fused runs differing in seed (fold split, initialisation) and head

@@ -26,6 +26,7 @@ from mmclf.probability_tables import ProbabilityTable
 METRIC_PATH = Path(__file__).parent / "metrics" / "classification_report.py"
 PREDICTION_COLUMNS = ("prediction", "prdtypecode", "label")
 LABEL_COLUMNS = ("label", "prdtypecode", "prediction")
+ID_COLUMNS = ("id", "Unnamed: 0", "Integer_id")  # "Unnamed: 0": the challenge files' unnamed index
 
 
 @lru_cache(maxsize=1)
@@ -197,6 +198,7 @@ def read_predictions(path, split: str | None, id_column: str, prediction_column:
         labels = None if (table.labels < 0).any() else table.labels
         return table.ids, predicted, labels, table.class_names
     frame = read_csv(path, "predictions")
+    id_column = pick_column(frame, path, id_column, ID_COLUMNS, "id")
     check_ids(frame, path, id_column)
     column = pick_column(frame, path, prediction_column, PREDICTION_COLUMNS, "prediction")
     if split is not None and "split" in frame.columns:
@@ -225,6 +227,7 @@ def read_labels_from_dataset(dataset_dir, split: str):
 
 def read_labels_from_csv(path, id_column: str, label_column: str | None):
     frame = read_csv(path, "labels")
+    id_column = pick_column(frame, path, id_column, ID_COLUMNS, "id")
     check_ids(frame, path, id_column)
     column = pick_column(frame, path, label_column, LABEL_COLUMNS, "label")
     return frame[id_column].tolist(), frame[column].str.strip().tolist()
@@ -274,7 +277,9 @@ def add_arguments(parser) -> None:
     source.add_argument("--labels", help="CSV with an id column and a class-code column")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--out", required=True, help="report directory (report.json, report.md, confusion_matrix.png)")
-    parser.add_argument("--id-column", default="id", help="id column of the CSV files (default: id)")
+    parser.add_argument("--id-column", default=None,
+                        help=f"id column of the CSV files (default: first of {list(ID_COLUMNS)}; "
+                        "'Unnamed: 0' is the challenge's unnamed index)")
     parser.add_argument("--prediction-column", default=None,
                         help=f"predicted-code column of a predictions CSV (default: first of {list(PREDICTION_COLUMNS)})")
     parser.add_argument("--label-column", default=None,

@@ -16,6 +16,7 @@ cross-entropy, mini-batches, the epoch with the best validation macro-F1 is kept
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import torch
@@ -193,3 +194,33 @@ def fit_feature_fusion(
     model.eval()
     model.history, model.best_epoch = history, best_epoch
     return model
+
+
+def fuse_expert_features(expert_dirs: dict, dataset_dict, out_dir, *, combine: str = "concat", seed: int = 0,
+                         **options) -> dict:
+    """Step-by-step feature-level fusion of saved experts on a built dataset: features extracted once from the
+    frozen experts, a head trained on `train` and selected on `validation`; probability tables for every split
+    and `metrics.json` (validation and, when labelled, test macro-F1) go to `out_dir`."""
+    from pathlib import Path
+
+    from mmclf.probability_tables import ProbabilityTable
+    from mmclf.train import extract_features
+
+    out_dir = Path(out_dir)
+    class_names = dataset_dict["train"].features["label"].names
+    features = {split: [extract_features(path, dataset_dict[split]) for path in expert_dirs.values()]
+                for split in dataset_dict}
+    labels = {split: np.asarray(dataset_dict[split]["label"][:]) for split in dataset_dict}
+    model = fit_feature_fusion(features["train"], labels["train"], features["validation"], labels["validation"],
+                               combine=combine, class_names=class_names, seed=seed, **options)
+    model.save_pretrained(out_dir)
+    metrics = {"combine": combine, "experts": {k: str(v) for k, v in expert_dirs.items()},
+               "best_epoch": model.best_epoch, "history": model.history}
+    for split in dataset_dict:
+        probs = model.predict_proba(features[split])
+        ProbabilityTable(dataset_dict[split]["id"][:], [split] * len(probs), labels[split], probs, class_names,
+                         source=f"feature-fusion({combine})").save(out_dir / "probs" / f"{split}.parquet")
+        if (labels[split] >= 0).all():
+            metrics[f"{split}_macro_f1"] = macro_f1(labels[split], probs.argmax(axis=1))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

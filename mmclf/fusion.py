@@ -39,6 +39,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from mmclf.ensemble import majority_vote
+from mmclf.hub import from_pretrained_quietly
 from mmclf.probability_tables import ProbabilityTable, TableMismatchError, align_tables
 
 
@@ -234,7 +235,8 @@ class FusionModel:
         if not config_path.is_file():
             raise FileNotFoundError(f"not a fusion run directory (no fusion.json): {directory}")
         options = json.loads(config_path.read_text())
-        heads = [FusionHead.from_pretrained(directory / "folds" / str(i)) for i in range(options["num_fold_heads"])]
+        heads = [from_pretrained_quietly(FusionHead, directory / "folds" / str(i))
+                 for i in range(options["num_fold_heads"])]
         cv_path, oof_path = directory / "cv_metrics.json", directory / "probs" / "oof.parquet"
         cv_metrics = json.loads(cv_path.read_text()) if cv_path.is_file() else {}
         oof = ProbabilityTable.load(oof_path) if oof_path.is_file() else None
@@ -323,7 +325,10 @@ def fit_decision_fusion(
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--tables", nargs="+", required=True,
+    parser.add_argument("--level", choices=["decision", "feature"], default="decision",
+                        help="decision (default): over probability tables; feature: the baseline over frozen experts' "
+                        "features (needs --experts and --dataset)")
+    parser.add_argument("--tables", nargs="+",
                         help="one probability table per expert to train on: RUN/probs/oof.parquet (out-of-fold, "
                         "recommended) or RUN/probs/validation.parquet (the paper's in-sample choice)")
     parser.add_argument("--predict-tables", nargs="+", default=None,
@@ -338,9 +343,34 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per Adam step (default 256)")
     parser.add_argument("--seed", type=int, default=0)
+    feature = parser.add_argument_group("feature level")
+    feature.add_argument("--experts", nargs="+", metavar="NAME=MODEL_DIR", help="saved experts (RUN/model)")
+    feature.add_argument("--dataset", help="built dataset: trained on train, selected on validation, all splits predicted")
+    feature.add_argument("--combine", choices=["concat", "sum", "attention"], default="concat")
+
+
+def run_feature_level(args) -> int:
+    from datasets import load_from_disk
+
+    from mmclf.feature_fusion import fuse_expert_features
+
+    if not args.experts or not args.dataset:
+        raise ValueError("--level feature needs --experts NAME=MODEL_DIR ... and --dataset DIR")
+    experts = dict(item.split("=", 1) for item in args.experts if "=" in item)
+    if len(experts) != len(args.experts):
+        raise ValueError(f"--experts expects NAME=MODEL_DIR items, got {args.experts}")
+    metrics = fuse_expert_features(experts, load_from_disk(args.dataset), args.out, combine=args.combine,
+                                   seed=args.seed, hidden_size=args.hidden_size)
+    scores = ", ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if k.endswith("macro_f1"))
+    print(f"feature-level fusion ({args.combine}) written to {args.out}; {scores}")
+    return 0
 
 
 def run(args) -> int:
+    if args.level == "feature":
+        return run_feature_level(args)
+    if not args.tables:
+        raise ValueError("decision-level fusion needs --tables (one probability table per expert)")
     tables = [ProbabilityTable.load(path) for path in args.tables]
     if args.train_splits:
         selected = [t.split_rows(*args.train_splits) for t in tables]

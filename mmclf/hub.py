@@ -9,6 +9,8 @@ names a repository id.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -54,6 +56,13 @@ def push_folder(folder, repo_id: str, *, private: bool = False, token: str | Non
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.create_commit(repo_id, operations, commit_message=commit_message or f"Upload {folder.name} with mmclf")
     return commit.commit_url
+
+
+def from_pretrained_quietly(model_class, directory):
+    """`model_class.from_pretrained(directory)` without the line huggingface_hub's mixin prints for every
+    local load (a pipeline loads dozens of fold heads)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return model_class.from_pretrained(str(directory))
 
 
 def local_or_hub(path_or_repo_id) -> Path:

@@ -22,7 +22,8 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
-EXPERT_FILE = "mmclf_expert.json"  # what kind of expert a saved folder holds (read by mmclf.train.load_expert)
+from mmclf.hub import from_pretrained_quietly
+from mmclf.train import EXPERT_FILE
 
 
 class ImageClassifier(nn.Module, PyTorchModelHubMixin, library_name="mmclf", tags=["image-classification", "timm"]):
@@ -91,7 +92,7 @@ class ImageExpert:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> ImageExpert:
-        return cls(ImageClassifier.from_pretrained(str(directory)).eval())
+        return cls(from_pretrained_quietly(ImageClassifier, directory).eval())
 
     def transform(self, train: bool):
         m = self.model

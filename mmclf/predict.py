@@ -99,6 +99,29 @@ def write_submission(path, ids, class_names, winners) -> Path:
     return path
 
 
+def add_pipeline_arguments(parser) -> None:
+    parser.add_argument("--experts", nargs="+", required=True, metavar="NAME=MODEL_DIR",
+                        help="saved experts in the order the fusion heads were trained on, e.g. text=runs/text/model")
+    parser.add_argument("--fusions", nargs="+", required=True, help="fusion run folders (several: majority vote)")
+    parser.add_argument("--out", required=True, help="pipeline folder to write pipeline.json into")
+
+
+def run_pipeline(args) -> int:
+    from mmclf.fusion import FusionModel
+
+    experts = {}
+    for item in args.experts:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--experts expects NAME=MODEL_DIR, got {item!r}")
+        experts[name] = path
+    class_names = FusionModel.load(args.fusions[0]).class_names
+    path = write_pipeline(args.out, experts, args.fusions, class_names)
+    load_pipeline(args.out)  # fails early on a broken folder
+    print(f"wrote {path}")
+    return 0
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--pipeline", required=True, help="pipeline folder (pipeline.json + experts + fusions)")
     source = parser.add_mutually_exclusive_group(required=True)

@@ -22,7 +22,8 @@ from transformers import (
     DataCollatorWithPadding,
 )
 
-EXPERT_FILE = "mmclf_expert.json"  # what kind of expert a saved folder holds (read by mmclf.train.load_expert)
+from mmclf.train import EXPERT_FILE
+
 TINY_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 

@@ -1,0 +1,126 @@
+"""The main job end to end on a tiny demo catalog, then the saved pipeline used as a user would."""
+
+import json
+from unittest import mock
+
+import numpy as np
+import pandas as pd
+import pytest
+from datasets import ClassLabel, load_from_disk
+
+from mmclf.cli import main
+from mmclf.demo import TABLE_ROWS, run_demo
+from mmclf.hub import push_folder
+from mmclf.predict import predict_dataset
+
+QUICK = ["training.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    report = run_demo(out, rows=300, folds=2, fusion_runs=3, text_overrides=QUICK, image_overrides=QUICK)
+    return out, report
+
+
+def test_demo_writes_table_1_and_every_artifact(demo):
+    out, report = demo
+    saved = json.loads((out / "report.json").read_text())
+    assert saved == report
+    assert {key for key, _ in TABLE_ROWS} <= set(report)
+    assert all(0.0 <= report[key] <= 1.0 for key, _ in TABLE_ROWS)
+    assert len(report["details"]["decision_fusion_runs"]) == 3
+    assert "| Decision-level fusion (one run) |" in (out / "report.md").read_text()
+    for path in ("pipeline/pipeline.json", "evaluation/report.json", "evaluation/confusion_matrix.png",
+                 "experts/text/probs/oof.parquet", "experts/image/model/mmclf_expert.json",
+                 "fusion/feature-concat/config.json", "fusion/decision-2/fusion.json"):
+        assert (out / path).is_file(), path
+    evaluation = json.loads((out / "evaluation" / "report.json").read_text())
+    assert evaluation["macro_f1"] == pytest.approx(report["ensemble"], abs=1e-4)
+
+
+def test_demo_rerun_reuses_finished_stages(demo):
+    out, report = demo
+    mtime = (out / "experts" / "text" / "metrics.json").stat().st_mtime
+    again = run_demo(out, rows=300, folds=2, fusion_runs=3, text_overrides=QUICK, image_overrides=QUICK)
+    assert {k: again[k] for k, _ in TABLE_ROWS} == {k: report[k] for k, _ in TABLE_ROWS}
+    assert (out / "experts" / "text" / "metrics.json").stat().st_mtime == mtime
+
+
+def test_predict_from_raw_challenge_files_matches_the_demo(demo, tmp_path):
+    out, _ = demo
+    catalog = out / "catalog"
+    target = tmp_path / "submission.csv"
+    assert main(["predict", "--pipeline", str(out / "pipeline"), "--input", str(catalog / "X_test.csv"),
+                 "--images", str(catalog / "image_test"), "--out", str(target)]) == 0
+    submission = pd.read_csv(target, dtype=str, keep_default_na=False)
+    assert list(submission.columns) == ["Unnamed: 0", "prdtypecode"]  # the challenge's layout
+    expected = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert submission.equals(expected)
+    x_test = pd.read_csv(catalog / "X_test.csv", dtype=str, keep_default_na=False)
+    assert submission["Unnamed: 0"].tolist() == x_test["Unnamed: 0"].tolist()  # every row, rows without image too
+    assert (target.with_suffix(".parquet")).is_file()
+    # the submission file is a valid label file for `mmclf evaluate`
+    assert main(["evaluate", "--predictions", str(target), "--labels", str(catalog / "Y_test.csv"),
+                 "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["macro_f1"] == pytest.approx(json.loads((out / "report.json").read_text())["ensemble"], abs=1e-4)
+
+
+def test_predict_refuses_other_class_sets_and_empty_input(demo, tmp_path, capsys):
+    out, _ = demo
+    test = load_from_disk(str(out / "dataset"))["test"]
+    names = test.features["label"].names
+    relabelled = test.cast_column("label", ClassLabel(names=[*names[:-1], "9999"]))
+    with pytest.raises(ValueError, match="the pipeline predicts 27 classes .* the data's labels are 27 classes"):
+        predict_dataset(out / "pipeline", relabelled)
+    empty = tmp_path / "X_empty.csv"
+    empty.write_text("")
+    assert main(["predict", "--pipeline", str(out / "pipeline"), "--input", str(empty), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "X_empty.csv is empty" in capsys.readouterr().err
+
+
+def test_push_uploads_a_self_contained_pipeline(demo):
+    out, _ = demo
+    with mock.patch("huggingface_hub.HfApi.create_repo") as create_repo, \
+            mock.patch("huggingface_hub.HfApi.create_commit") as create_commit:
+        create_commit.return_value.commit_url = "https://huggingface.co/user/demo/commit/1"
+        url = push_folder(out / "pipeline", "user/demo")
+    assert url.endswith("/commit/1")
+    create_repo.assert_called_once()
+    operations = create_commit.call_args.args[1]
+    paths = {op.path_in_repo for op in operations}
+    assert {"pipeline.json", "experts/text/mmclf_expert.json", "experts/image/mmclf_expert.json",
+            "fusions/0/fusion.json", "fusions/2/fusion.json"} <= paths
+    assert not any("checkpoints" in p for p in paths)
+    spec = json.loads(next(op for op in operations if op.path_in_repo == "pipeline.json").path_or_fileobj)
+    assert spec["experts"] == {"text": "experts/text", "image": "experts/image"}
+    assert spec["fusions"] == ["fusions/0", "fusions/1", "fusions/2"]
+    assert len(spec["class_names"]) == 27
+    assert np.all([op.path_or_fileobj for op in operations])
+
+
+def test_pipeline_command_assembles_a_working_pipeline(demo, tmp_path, capsys):
+    out, _ = demo
+    target = tmp_path / "pipe"
+    assert main(["pipeline", "--experts", f"text={out}/experts/text/model", f"image={out}/experts/image/model",
+                 "--fusions", str(out / "fusion" / "decision-0"), "--out", str(target)]) == 0
+    test = load_from_disk(str(out / "dataset"))["test"]
+    predicted, votes, fused = predict_dataset(target, test)
+    assert len(predicted) == len(test) and votes.max() == 1  # one fused run: one vote per row
+    assert fused.ids == test["id"][:]
+    assert main(["pipeline", "--experts", "textonly", "--fusions", str(out / "fusion" / "decision-0"),
+                 "--out", str(target)]) == 2
+    assert "NAME=MODEL_DIR" in capsys.readouterr().err
+
+
+def test_feature_level_fusion_command(demo, tmp_path, capsys):
+    out, report = demo
+    target = tmp_path / "feature"
+    assert main(["fuse", "--level", "feature", "--experts", f"text={out}/experts/text/model",
+                 f"image={out}/experts/image/model", "--dataset", str(out / "dataset"), "--out", str(target)]) == 0
+    metrics = json.loads((target / "metrics.json").read_text())
+    assert metrics["test_macro_f1"] == pytest.approx(report["feature_fusion"], abs=1e-4)  # same seed, same head
+    assert {p.name for p in (target / "probs").iterdir()} == {"train.parquet", "validation.parquet", "test.parquet"}
+    assert main(["fuse", "--level", "feature", "--out", str(target)]) == 2
+    assert "needs --experts" in capsys.readouterr().err
