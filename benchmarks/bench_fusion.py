@@ -9,28 +9,16 @@ trust for which class gets both halves right.
 """
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
 
 from mmclf.fusion import fit_decision_fusion, macro_f1
-from mmclf.probability_tables import ProbabilityTable
 
-
-def half_expert_tables(rows: int, classes: int, seed: int = 0) -> list[ProbabilityTable]:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, classes, rows)
-    ids = [f"r{i}" for i in range(rows)]
-    names = [str(10 * (c + 1)) for c in range(classes)]
-    tables = []
-    for expert, knows in enumerate((labels < classes // 2, labels >= classes // 2)):
-        probs = rng.dirichlet(np.ones(classes), rows)
-        confident = rng.uniform(0.6, 0.95, rows)
-        probs[knows] *= (1 - confident[knows])[:, None]
-        probs[knows, labels[knows]] += confident[knows]
-        tables.append(ProbabilityTable(ids, ["validation"] * rows, labels, probs, names, source=f"expert{expert}"))
-    return tables
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _fusion_fixtures import half_expert_tables  # the tests' synthetic two-expert tables
 
 
 def main():

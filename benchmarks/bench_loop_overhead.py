@@ -77,7 +77,7 @@ def mmclf_loop(training, train_data, eval_data, steps, hidden):
             return loop.cross_entropy(outputs, batch)
 
         start = time.perf_counter()
-        loop.train(model, train_loader, eval_loader, training, run_dir, accelerator, 0, loss_fn=timed_loss)
+        loop.train(model, train_loader, eval_loader, training, run_dir, accelerator, loss_fn=timed_loss)
         end = time.perf_counter()
         return (len(stamps) - 1) / (stamps[-1] - stamps[0]), steps / (end - start)
 

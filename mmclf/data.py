@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import codecs
 import html
-import io
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -92,16 +91,17 @@ class RawTable:
 def _read_text_file(path: Path, encoding: str, encoding_errors: str) -> tuple[pd.DataFrame, int]:
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
-    raw = path.read_bytes()
-    if not raw.strip():
+    with open(path, "rb") as handle:
+        head = handle.read(65536)
+    if not head.strip():
         raise ValueError(f"{path} is empty")
+    separator = "\t" if path.suffix.lower() == ".tsv" or b"\t" in head.split(b"\n", 1)[0] else ","
+    options = {"sep": separator, "dtype": str, "keep_default_na": False}
     try:
-        text, marked = raw.decode(encoding), False
-    except UnicodeDecodeError:
-        text, marked = raw.decode(encoding, errors="mmclf-mark"), True
-    separator = "\t" if path.suffix.lower() == ".tsv" or text.split("\n", 1)[0].count("\t") > 0 else ","
-    try:
-        frame = pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False)
+        try:
+            frame, marked = pd.read_csv(path, encoding=encoding, **options), False
+        except UnicodeDecodeError:  # find the row and column: parse again with the bad bytes marked
+            frame, marked = pd.read_csv(path, encoding=encoding, encoding_errors="mmclf-mark", **options), True
     except pd.errors.ParserError as error:
         raise ValueError(f"{path} could not be parsed as {'TSV' if separator == chr(9) else 'CSV'}: {error}") from None
     frame.columns = ["" if str(c).startswith("Unnamed: 0") else str(c).strip() for c in frame.columns]
@@ -340,11 +340,12 @@ def _to_dataset(frame: pd.DataFrame, image_paths: list, class_names: list[str]):
         }
     )
     index = {name: i for i, name in enumerate(class_names)}
-    labels = [index[c] for c in frame["label"]] if "label" in frame else [-1] * len(frame)
-    columns = {name: frame[name].tolist() for name in ("id", "title", "description", "title_raw", "description_raw",
-                                                       "product_id", "image_id")}
-    columns.update(image=image_paths, has_image=[p is not None for p in image_paths], label=labels)
-    return Dataset.from_dict(columns, features=features)
+    columns = frame[["id", "title", "description", "title_raw", "description_raw", "product_id", "image_id"]].assign(
+        image=image_paths,
+        has_image=[p is not None for p in image_paths],
+        label=frame["label"].map(index) if "label" in frame else -1,
+    )
+    return Dataset.from_pandas(columns, features=features, preserve_index=False)
 
 
 @dataclass

@@ -59,12 +59,9 @@ def majority_vote(
 
 
 def _read_prediction_csv(path: Path, split: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise FileNotFoundError(f"predictions file not found: {path}")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"predictions file {path} is empty") from None
+    from mmclf.evaluation import read_csv
+
+    frame = read_csv(path, "predictions")
     missing = {"id", "prediction"} - set(frame.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)} (columns: {list(frame.columns)})")

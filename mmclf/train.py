@@ -139,7 +139,7 @@ def fit(config: dict, train_dataset, eval_dataset, run_dir: Path, class_names: l
                                                       config["seed"], lengths, accelerator)
     set_seed(config["seed"])
     tracker_config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()}
-    state = loop.train(expert.model, train_loader, eval_loader, training, run_dir, accelerator, config["seed"],
+    state = loop.train(expert.model, train_loader, eval_loader, training, run_dir, accelerator,
                        resume=config["resume"], tracker_config=tracker_config)
     expert.model = accelerator.unwrap_model(expert.model)
     if accelerator.is_main_process:

@@ -184,7 +184,7 @@ def macro_f1(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path, accelerator: Accelerator,
-          seed: int, loss_fn=cross_entropy, resume: bool = False, tracker_config: dict | None = None) -> LoopState:
+          loss_fn=cross_entropy, resume: bool = False, tracker_config: dict | None = None) -> LoopState:
     """Train `model`; return the loop state. On return the model holds the best checkpoint's weights."""
     checkpoints = Path(run_dir) / "checkpoints"
     steps_per_epoch = math.ceil(len(train_loader) / training["gradient_accumulation_steps"])

@@ -47,7 +47,7 @@ def run(tmp_path, train_rows=64, seed=0, resume=False, **changes):
     accelerator = loop.make_accelerator(training, tmp_path)
     train_loader, eval_loader = loop.make_dataloaders(ToyData(train_rows), ToyData(31, seed=1), None, training, seed,
                                                       accelerator=accelerator)
-    state = loop.train(model, train_loader, eval_loader, training, tmp_path, accelerator, seed, resume=resume)
+    state = loop.train(model, train_loader, eval_loader, training, tmp_path, accelerator, resume=resume)
     return accelerator.unwrap_model(model), state
 
 
