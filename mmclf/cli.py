@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command: (module, function that adds its arguments, function that runs it, one-line help)
@@ -48,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # bad input: a message, no traceback (MMCLF_DEBUG=1 shows it)
+        if os.environ.get("MMCLF_DEBUG"):
+            raise
         print(f"mmclf {args.command}: error: {error}", file=sys.stderr)
         return 2
 
