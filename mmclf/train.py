@@ -306,6 +306,7 @@ def add_train_arguments(parser) -> None:
 def run_train(args) -> int:
     overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
     train_expert(load_config(args.config, overrides))
+    loop.end_processes()
     return 0
 
 
@@ -324,4 +325,5 @@ def run_predict(args) -> int:
     table = predict_probabilities(args.model, dataset_dict[args.split], args.split, args.batch_size)
     save_table(table, Path(args.out))
     loop.process_state().print(f"wrote {len(table)} rows to {args.out}")
+    loop.end_processes()
     return 0

@@ -96,6 +96,14 @@ def process_state() -> PartialState:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
+def end_processes() -> None:
+    """Tear down the process group at the end of a command: left to interpreter exit, gloo's threads can abort
+    the process ("terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def make_accelerator(training: dict, run_dir: str | Path | None = None) -> Accelerator:
     log_with = training.get("log_with", "auto")
     if log_with == "auto":
