@@ -41,12 +41,6 @@ def _train(expert: str, dataset_dir: Path, run_dir: Path, folds: int, seed: int,
     return train_expert(config)
 
 
-def _macro_f1(labels, predictions) -> float:
-    from mmclf.fusion import macro_f1
-
-    return float(macro_f1(np.asarray(labels), np.asarray(predictions)))
-
-
 def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion_runs: int = 5,
              label_noise: float = 0.0, text_overrides=(), image_overrides=()) -> dict:
     from datasets import load_from_disk
@@ -54,7 +48,7 @@ def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion
     from mmclf.data import build_dataset
     from mmclf.demo_catalog import generate_catalog
     from mmclf.ensemble import majority_vote
-    from mmclf.evaluation import compute_report, write_report
+    from mmclf.evaluation import compute_report, macro_f1, write_report
     from mmclf.feature_fusion import fuse_expert_features
     from mmclf.fusion import FusionModel, fit_decision_fusion
     from mmclf.predict import predict_dataset, write_pipeline, write_submission
@@ -88,7 +82,7 @@ def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion
     stage("experts")
     oof = [ProbabilityTable.load(runs[e] / "probs" / "oof.parquet") for e in runs]
     test = [ProbabilityTable.load(runs[e] / "probs" / "test.parquet") for e in runs]
-    scores = {expert: _macro_f1(test_labels, table.predictions()) for expert, table in zip(runs, test)}
+    scores = {expert: macro_f1(test_labels, table.predictions()) for expert, table in zip(runs, test)}
 
     # Feature-level fusion: frozen final experts, features extracted once, a head trained on train
     # and selected on validation.
@@ -96,7 +90,7 @@ def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion
     if not (feature_dir / "metrics.json").is_file():
         fuse_expert_features({e: runs[e] / "model" for e in runs}, dataset, feature_dir, combine="concat", seed=seed)
     feature_test = ProbabilityTable.load(feature_dir / "probs" / "test.parquet")
-    scores["feature_fusion"] = _macro_f1(test_labels, feature_test.predictions())
+    scores["feature_fusion"] = macro_f1(test_labels, feature_test.predictions())
     stage("feature-level fusion")
 
     # Decision-level fusion: fused runs differing in seed (fold split, initialisation) and head
@@ -113,10 +107,10 @@ def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion
         fusion_dirs.append(fusion_dir)
         votes.append(predicted)
         fused_scores.append(probs)
-        run_scores.append(_macro_f1(test_labels, predicted))
+        run_scores.append(macro_f1(test_labels, predicted))
     scores["decision_fusion"] = run_scores[0]
     winners, _ = majority_vote(np.stack(votes), len(class_names), tie_break_scores=np.mean(fused_scores, axis=0))
-    scores["ensemble"] = _macro_f1(test_labels, winners)
+    scores["ensemble"] = macro_f1(test_labels, winners)
     stage("decision-level fusion and ensemble")
 
     # The saved pipeline, used as a user would: predictions for the test split, then a report.

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmclf.data import sorted_codes
 from mmclf.probability_tables import ProbabilityTable
 
 METRIC_PATH = Path(__file__).parent / "metrics" / "classification_report.py"
@@ -34,6 +35,17 @@ def load_metric():
     import evaluate
 
     return evaluate.load(str(METRIC_PATH))
+
+
+def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Macro-F1 over the classes present in labels or predictions, as sklearn's f1_score(average="macro",
+    zero_division=0); computed with bincount because it runs once per fold and epoch."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    size = int(max(labels.max(), predictions.max())) + 1
+    true_positives = np.bincount(labels[labels == predictions], minlength=size)
+    totals = np.bincount(labels, minlength=size) + np.bincount(predictions, minlength=size)
+    present = totals > 0
+    return float((2 * true_positives[present] / totals[present]).mean())
 
 
 def compute_report(labels: np.ndarray, predictions: np.ndarray, class_names: list[str]) -> dict:
@@ -233,14 +245,6 @@ def read_labels_from_csv(path, id_column: str, label_column: str | None):
     return frame[id_column].tolist(), frame[column].str.strip().tolist()
 
 
-def code_order(codes) -> list[str]:
-    """Sorted class codes: numerically when all are integers ("10" < "40" < "1140"), else as text."""
-    codes = sorted(set(codes))
-    if all(c.lstrip("-").isdigit() for c in codes):
-        return sorted(codes, key=int)
-    return codes
-
-
 def match_predictions(pred_ids, predicted_names, label_ids, label_values, source: str):
     """Pair every prediction with its label by id; raise when either side has ids the other lacks."""
     label_of = dict(zip(label_ids, label_values))
@@ -304,7 +308,7 @@ def run(args) -> int:
         label_source = f"split {args.split!r} of {args.dataset}"
     elif args.labels:
         label_ids, label_names = read_labels_from_csv(args.labels, args.id_column, args.label_column)
-        class_names = table_classes or code_order(list(label_names) + list(predicted_names))
+        class_names = table_classes or sorted_codes(list(label_names) + list(predicted_names))
         label_source = str(args.labels)
     else:
         if table_labels is None:

@@ -25,7 +25,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmclf.fusion import macro_f1
+from mmclf.evaluation import macro_f1
 
 COMBINE_MODES = ("concat", "sum", "attention")
 

@@ -39,6 +39,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from mmclf.ensemble import majority_vote
+from mmclf.evaluation import macro_f1
 from mmclf.hub import from_pretrained_quietly
 from mmclf.probability_tables import ProbabilityTable, TableMismatchError, align_tables
 
@@ -72,17 +73,6 @@ def expert_features(tables: list[ProbabilityTable]) -> tuple[list[ProbabilityTab
         if len(bad):
             raise ValueError(f"{table.name}: row {bad[0]} (id {table.ids[bad[0]]!r}) has NaN or infinite probabilities")
     return tables, np.concatenate([t.probs for t in tables], axis=1)
-
-
-def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
-    """Macro-F1 over the classes present in labels or predictions, as sklearn's f1_score(average="macro",
-    zero_division=0); computed with bincount because it runs once per fold and epoch."""
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
-    size = int(max(labels.max(), predictions.max())) + 1
-    true_positives = np.bincount(labels[labels == predictions], minlength=size)
-    totals = np.bincount(labels, minlength=size) + np.bincount(predictions, minlength=size)
-    present = totals > 0
-    return float((2 * true_positives[present] / totals[present]).mean())
 
 
 def choose_folds(labels: np.ndarray, class_names: list[str], folds: int) -> int:

@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env
-from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
+
+from mmclf import evaluation
 
 BEST, LAST = "best", "last"
 
@@ -185,10 +186,11 @@ def predict(accelerator: Accelerator, model, loader, desc: str = "predict") -> t
 
 
 def macro_f1(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Macro-F1 of the logits' argmax over the rows with a known label (-1: unknown)."""
     known = labels >= 0
     if not known.any():
         return float("nan")
-    return float(f1_score(labels[known], logits[known].argmax(axis=1), average="macro"))
+    return evaluation.macro_f1(labels[known], logits[known].argmax(axis=1))
 
 
 def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path, accelerator: Accelerator,

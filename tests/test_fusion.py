@@ -8,7 +8,8 @@ from _fusion_fixtures import half_expert_tables
 from sklearn.metrics import f1_score
 
 from mmclf.cli import main
-from mmclf.fusion import FusionHead, FusionModel, fit_decision_fusion, macro_f1
+from mmclf.evaluation import macro_f1
+from mmclf.fusion import FusionHead, FusionModel, fit_decision_fusion
 from mmclf.probability_tables import ProbabilityTable, TableMismatchError
 
 FAST = {"epochs": 25, "batch_size": 32, "progress": False}
