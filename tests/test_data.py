@@ -191,3 +191,18 @@ def test_cli_builds_and_prints_summary(tmp_path, capsys):
     assert "| train | 36 |" in out and "30 found, 10 missing" in out
     assert main(["build-dataset", str(x), "--labels", str(y), "--images", str(tmp_path / "nope"), "--out", str(tmp_path / "d2")]) == 2
     assert "images folder not found" in capsys.readouterr().err
+
+
+def test_chunked_reading_gives_the_same_dataset_and_row_numbers(tmp_path):
+    x, y, images = write_ens(tmp_path / "raw", rows=60)
+    whole, whole_summary = build_dataset(x, y, images, tmp_path / "whole")
+    chunked, chunked_summary = build_dataset(x, y, images, tmp_path / "chunked", chunk_rows=7)
+    for split in whole:
+        assert whole[split]["id"][:] == chunked[split]["id"][:]
+        assert whole[split]["description"][:] == chunked[split]["description"][:]
+        assert whole[split]["has_image"][:] == chunked[split]["has_image"][:]
+    assert whole_summary["splits"] == chunked_summary["splits"] and whole_summary["images"] == chunked_summary["images"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunked", "raw", "whole"]  # scratch parts removed
+    x.write_text(x.read_text().replace("\n140,", "\n7,"))  # row 21 repeats the id of row 2, in another chunk
+    with pytest.raises(ValueError, match=r"duplicate id '7' in .*X.csv: rows 2 and 21"):
+        build_dataset(x, y, chunk_rows=7)
