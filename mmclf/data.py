@@ -179,7 +179,7 @@ class FeaturesFile:
         return {**self.source_columns, **({"label": self.label_source} if self.label_source else {})}
 
     def chunks(self) -> Iterator[RawTable]:
-        first_row = 0
+        first_row, self.replaced_byte_rows = 0, 0
         for frame in _open_chunks(self.path, self.encoding, self.chunk_rows)[1]:
             self.replaced_byte_rows += _replace_bad_bytes(frame, self.path, first_row, self.encoding,
                                                           self.encoding_errors)
@@ -458,9 +458,9 @@ def _read_source(source: Source, class_names: list[str], check_classes: bool, se
         paths = locate_images(table, source.images_dir, present, source.check, options["workers"],
                               options["strict_images"])
         part = _to_dataset(table.frame, paths, class_names)
-        if scratch is not None:
-            part.save_to_disk(str(scratch / f"part-{len(list(scratch.iterdir()))}"))
-            part = load_from_disk(str(scratch / f"part-{len(list(scratch.iterdir())) - 1}"))
+        if scratch is not None:  # on disk, memory-mapped: rows read so far no longer take memory
+            part.save_to_disk(str(scratch / f"part-{len(parts)}"))
+            part = load_from_disk(str(scratch / f"part-{len(parts)}"))
         parts.append(part)
     if labels is not None and matched != len(labels.frame):
         if label_rows is None:

@@ -206,3 +206,15 @@ def test_chunked_reading_gives_the_same_dataset_and_row_numbers(tmp_path):
     x.write_text(x.read_text().replace("\n140,", "\n7,"))  # row 21 repeats the id of row 2, in another chunk
     with pytest.raises(ValueError, match=r"duplicate id '7' in .*X.csv: rows 2 and 21"):
         build_dataset(x, y, chunk_rows=7)
+
+
+def test_generic_label_column_with_replaced_bytes_is_counted_once(tmp_path):
+    lines = ["sku,name,category"] + [f"s{i},Nom {i},{'A' if i % 2 else 'B'}" for i in range(20)]
+    path = tmp_path / "catalog.csv"
+    path.write_bytes("\n".join(lines).encode().replace(b"Nom 3", b"N\xf6m 3") + b"\n")
+    dataset, summary = build_dataset(path, columns={"id": "sku", "title": "name", "label": "category"},
+                                     validation_fraction=0.5, encoding_errors="replace", chunk_rows=6)
+    assert summary["sources"]["main"]["rows_with_replaced_bytes"] == 1
+    assert dataset["train"].features["label"].names == ["A", "B"]
+    titles = [t for split in dataset.values() for t in split["title"]]
+    assert "N\ufffdm 3" in titles
