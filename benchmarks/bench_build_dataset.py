@@ -3,7 +3,7 @@
 Each build runs in a fresh child process (so its peak RSS is its own); catalogs come from the
 demo generator. Prints one Markdown table: rows, image size, seconds, µs per row, peak MiB.
 
-    python benchmarks/bench_build_dataset.py                      # 1k/10k/100k rows; 2k/20k with 500 px images
+    python benchmarks/bench_build_dataset.py                      # 1k/10k/100k rows; 2k/10k/20k with 500 px images
     python benchmarks/bench_build_dataset.py --sizes 1000:64 2000:64 --workdir /tmp/bench
     python benchmarks/bench_build_dataset.py --real ../shared/data/rakuten_sample   # also the real sample
 """
@@ -42,7 +42,7 @@ def build_in_child(arguments: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["1000:0", "10000:0", "100000:0", "2000:500", "20000:500"],
+    parser.add_argument("--sizes", nargs="+", default=["1000:0", "10000:0", "100000:0", "2000:500", "10000:500", "20000:500"],
                         help="ROWS:IMAGE_PX pairs; 0 px = build without the images folder")
     parser.add_argument("--workdir", help="where catalogs and datasets go (default: a temporary folder)")
     parser.add_argument("--real", help="folder with X_sample.csv, Y_sample.csv, image_train/ to build as well")
