@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import html
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from sklearn.metrics import f1_score
 
 from mmclf.demo_catalog import VISUAL_GROUP_OF, generate_catalog
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _demo_signal import colour_histograms  # the tests' colour-histogram image features
+
 
 def clean(text) -> str:
     text = html.unescape(text) if isinstance(text, str) else ""
@@ -38,19 +42,6 @@ def load_split(out: Path, split: str):
     texts = [clean(t) + " " + clean(d) for t, d in zip(x["designation"], x["description"])]
     paths = [out / f"image_{split}" / f"image_{i}_product_{p}.jpg" for i, p in zip(x["imageid"], x["productid"])]
     return texts, paths, y
-
-
-def colour_histograms(paths, levels: int = 6) -> np.ndarray:
-    """A levels^3-bin RGB colour histogram (square-rooted) per image; zeros for a missing image."""
-    rows = []
-    for path in paths:
-        if not path.exists():
-            rows.append(np.zeros(levels**3))
-            continue
-        quantised = np.asarray(Image.open(path).convert("RGB"), dtype=int) * levels // 256
-        codes = (quantised[..., 0] * levels + quantised[..., 1]) * levels + quantised[..., 2]
-        rows.append(np.sqrt(np.bincount(codes.ravel(), minlength=levels**3) / codes.size))
-    return np.array(rows)
 
 
 def macro_f1(train_x, train_y, test_x, test_y) -> float:

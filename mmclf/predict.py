@@ -57,15 +57,15 @@ def load_pipeline(pipeline_dir) -> dict:
     return spec
 
 
-def predict_dataset(pipeline_dir, dataset, split: str = "test", batch_size: int = 64):
-    """Predict every row of `dataset` (a datasets.Dataset). Returns (class indices, votes, fused table)."""
+def predict_dataset(pipeline, dataset, split: str = "test", batch_size: int = 64):
+    """Predict every row of `dataset` (a datasets.Dataset) with a pipeline folder, Hub id or loaded spec.
+    Returns (class indices, votes, fused table)."""
     from mmclf.ensemble import majority_vote
     from mmclf.fusion import FusionModel
     from mmclf.train import predict_probabilities
 
-    spec = load_pipeline(pipeline_dir)
+    spec = pipeline if isinstance(pipeline, dict) else load_pipeline(pipeline)
     class_names = spec["class_names"]
-    pipeline_dir = spec["root"]
     data_classes = dataset.features["label"].names if "label" in dataset.features else class_names
     if list(data_classes) != list(class_names):
         raise ValueError(
@@ -86,7 +86,7 @@ def predict_dataset(pipeline_dir, dataset, split: str = "test", batch_size: int 
     mean_scores = np.mean(scores, axis=0)
     winners, counts = majority_vote(np.stack(votes), len(class_names), tie_break_scores=mean_scores)
     first = tables[0]
-    fused = ProbabilityTable(first.ids, first.splits, first.labels, mean_scores, class_names, source=str(pipeline_dir))
+    fused = ProbabilityTable(first.ids, first.splits, first.labels, mean_scores, class_names, source=str(spec["root"]))
     return winners, counts, fused
 
 
@@ -149,7 +149,7 @@ def run(args) -> int:
         if args.split not in splits:
             raise ValueError(f"{args.dataset} has no split {args.split!r}; it has {list(splits)}")
         dataset, split = splits[args.split], args.split
-    winners, _, fused = predict_dataset(args.pipeline, dataset, split, args.batch_size)
+    winners, _, fused = predict_dataset(spec, dataset, split, args.batch_size)
     out = write_submission(args.out, fused.ids, spec["class_names"], winners)
     fused.save(out.with_suffix(".parquet"))
     print(f"wrote {len(winners):,} predictions to {out}")

@@ -3,6 +3,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from _demo_signal import colour_histograms
 from PIL import Image
 from scipy.sparse import csr_matrix, hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -149,17 +150,9 @@ def test_signatures_are_one_to_one_and_split_between_modalities():
         assert 2 <= sizes.min() and sizes.max() <= 3
 
 
-def colour_histograms(out, split, x, levels=6):
-    rows = []
-    for image_id, product_id in zip(x["imageid"], x["productid"]):
-        path = out / f"image_{split}" / f"image_{image_id}_product_{product_id}.jpg"
-        if not path.exists():
-            rows.append(np.zeros(levels**3))
-            continue
-        q = np.asarray(Image.open(path).convert("RGB"), dtype=int) * levels // 256
-        codes = (q[..., 0] * levels + q[..., 1]) * levels + q[..., 2]
-        rows.append(np.sqrt(np.bincount(codes.ravel(), minlength=levels**3) / codes.size))
-    return csr_matrix(np.array(rows))
+def image_features(out, split, x):
+    paths = [out / f"image_{split}" / f"image_{i}_product_{p}.jpg" for i, p in zip(x["imageid"], x["productid"])]
+    return csr_matrix(colour_histograms(paths))
 
 
 def test_neither_modality_alone_matches_both(tmp_path):
@@ -169,7 +162,7 @@ def test_neither_modality_alone_matches_both(tmp_path):
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
     train_text = vectorizer.fit_transform(x_train["designation"] + " " + x_train["description"].fillna(""))
     test_text = vectorizer.transform(x_test["designation"] + " " + x_test["description"].fillna(""))
-    train_image, test_image = colour_histograms(out, "train", x_train), colour_histograms(out, "test", x_test)
+    train_image, test_image = image_features(out, "train", x_train), image_features(out, "test", x_test)
 
     def score(train, test):
         model = LinearSVC(C=1.0).fit(train, y_train)
