@@ -22,7 +22,7 @@ from pathlib import Path
 
 CHILD = """
 import json, resource, sys, time
-from mmclf.data import build_dataset
+from mmclf.data.build import build_dataset
 args = json.loads(sys.argv[1])
 start = time.perf_counter()
 dataset, summary = build_dataset(**args)
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--real", help="folder with X_sample.csv, Y_sample.csv, image_train/ to build as well")
     args = parser.parse_args()
 
-    from mmclf.demo_catalog import generate_catalog
+    from mmclf.data.demo_catalog import generate_catalog
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="mmclf-bench-"))
     rows_out = []

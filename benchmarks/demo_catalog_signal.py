@@ -25,7 +25,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from mmclf.demo_catalog import VISUAL_GROUP_OF, generate_catalog
+from mmclf.data.demo_catalog import VISUAL_GROUP_OF, generate_catalog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _demo_signal import colour_histograms  # the tests' colour-histogram image features

@@ -13,8 +13,8 @@ import sys
 
 # command: (module, function that adds its arguments, function that runs it, one-line help)
 COMMANDS = {
-    "demo-data": ("mmclf.demo_catalog", "add_arguments", "run", "write the synthetic demo catalog (ENS layout)"),
-    "build-dataset": ("mmclf.data", "add_arguments", "run", "raw CSV/TSV files + images -> DatasetDict on disk"),
+    "demo-data": ("mmclf.data.demo_catalog", "add_arguments", "run", "write the synthetic demo catalog (ENS layout)"),
+    "build-dataset": ("mmclf.data.build", "add_arguments", "run", "raw CSV/TSV files + images -> DatasetDict on disk"),
     "train": ("mmclf.train", "add_train_arguments", "run_train", "train an expert from a recipe YAML"),
     "predict-expert": ("mmclf.train", "add_predict_arguments", "run_predict", "probability table of a saved expert"),
     "fuse": ("mmclf.fusion", "add_arguments", "run", "decision-level fusion over experts' probability tables"),

@@ -45,8 +45,8 @@ def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion
              label_noise: float = 0.0, text_overrides=(), image_overrides=()) -> dict:
     from datasets import load_from_disk
 
-    from mmclf.data import build_dataset
-    from mmclf.demo_catalog import generate_catalog
+    from mmclf.data.build import build_dataset
+    from mmclf.data.demo_catalog import generate_catalog
     from mmclf.ensemble import majority_vote
     from mmclf.evaluation import compute_report, macro_f1, write_report
     from mmclf.feature_fusion import fuse_expert_features

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmclf.data import sorted_codes
+from mmclf.data.rows import sorted_codes
 from mmclf.probability_tables import ProbabilityTable
 
 METRIC_PATH = Path(__file__).parent / "metrics" / "classification_report.py"

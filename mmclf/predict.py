@@ -135,11 +135,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from mmclf.data import _parse_columns, build_dataset
+    from mmclf.data.build import build_dataset
+    from mmclf.data.readers import parse_columns
 
     spec = load_pipeline(args.pipeline)
     if args.input:
-        dataset = build_dataset(args.input, images_dir=args.images, columns=_parse_columns(args.columns),
+        dataset = build_dataset(args.input, images_dir=args.images, columns=parse_columns(args.columns),
                                 classes=spec["class_names"])[0]["test"]
         split = "test"
     else:

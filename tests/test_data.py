@@ -7,7 +7,8 @@ from datasets import load_from_disk
 from PIL import Image
 
 from mmclf.cli import main
-from mmclf.data import build_dataset, clean_text
+from mmclf.data.build import build_dataset
+from mmclf.data.rows import clean_text
 
 CODES = ["10", "2705", "50", "1560"]
 

@@ -10,7 +10,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import f1_score
 from sklearn.svm import LinearSVC
 
-from mmclf.demo_catalog import (
+from mmclf.data.demo_catalog import (
     CLASS_CODES,
     FAMILIES,
     FAMILY_OF,

@@ -1,0 +1,313 @@
+"""Raw catalog files -> a cleaned, split `datasets.DatasetDict` on disk (`mmclf build-dataset`).
+
+Finds images by the challenge naming `image_<imageid>_product_<productid>.jpg`; checks every image; cleans
+text; splits train/validation stratified by label; writes a summary.
+
+Policy for bad input (documented in README):
+- structural problems (missing columns, X/Y ids that do not match, duplicate ids, missing or
+  unknown labels, undecodable bytes, a missing images folder) stop the build with an error that
+  names the file, the row and the column;
+- rows whose title is empty after cleaning are rejected, counted and listed in the summary;
+- missing images are normal: the row keeps `image=None`, `has_image=False`;
+- unreadable or truncated images are treated as missing, counted and listed (or are an error
+  with `--strict-images`); non-RGB images are kept and decoded as RGB (`Image(mode="RGB")`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmclf.data.readers import (
+    CHUNK_ROWS,
+    FIELDS,
+    FeaturesFile,
+    RawTable,
+    attach_labels,
+    check_unique_ids,
+    parse_columns,
+    read_features_file,
+    read_labels_file,
+)
+from mmclf.data.rows import LIST_LIMIT, ImageCheck, locate_images, prepare_rows, sorted_codes, to_dataset
+
+
+@dataclass
+class Source:
+    """One X file (+ Y file, images folder) and what reading it found."""
+
+    features: FeaturesFile
+    labels: RawTable | None
+    images_dir: Path | None
+    check: ImageCheck = field(default_factory=ImageCheck)
+    rows: int = 0
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None or "label" in self.features.source_columns
+
+    def label_codes(self) -> set:
+        if self.labels is not None:
+            return set(self.labels.frame["label"]) - {""}
+        if "label" in self.features.source_columns:
+            return {code for table in self.features.chunks() for code in table.frame["label"]} - {""}
+        return set()
+
+    def info(self) -> dict:
+        return {"file": str(self.features.path), "format": self.features.format, "rows": self.rows,
+                "columns": self.features.described_columns, "rows_with_replaced_bytes": self.features.replaced_byte_rows}
+
+
+def _open_source(features_file, labels_file, images_dir, options: dict) -> Source:
+    features = read_features_file(features_file, options["columns"], options["encoding"], options["encoding_errors"],
+                                  options["chunk_rows"])
+    labels = read_labels_file(labels_file, features.format, options["encoding"],
+                              options["encoding_errors"]) if labels_file else None
+    if labels is not None:
+        features.label_source = f"{labels.path}:{labels.source_columns['label']}"
+    images_dir = Path(images_dir) if images_dir else None
+    if images_dir is not None and not images_dir.is_dir():
+        raise FileNotFoundError(f"images folder not found: {images_dir}")
+    return Source(features, labels, images_dir)
+
+
+def _read_source(source: Source, class_names: list[str], check_classes: bool, seen_ids: dict, rejected: dict,
+                 options: dict, scratch: Path | None):
+    """All rows of a source as one Dataset, built chunk by chunk (written to `scratch` when given, so memory
+    stays flat as rows grow)."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    labels = source.labels
+    label_rows = None
+    if labels is not None and "id" in labels.frame:
+        label_rows = dict(zip(labels.frame["id"], range(len(labels.frame))))
+    present = {p.name for p in source.images_dir.iterdir()} if source.images_dir else set()
+    parts, matched = [], 0
+    for table in source.features.chunks():
+        check_unique_ids(table, seen_ids)
+        if labels is not None:
+            attach_labels(table, labels, label_rows)
+            matched += len(table.frame)
+        elif "label" in table.frame:
+            empty = table.frame["label"] == ""
+            if empty.any():
+                raise ValueError(f"missing label at {table.where(int(empty.to_numpy().argmax()), 'label')}")
+        if check_classes and "label" in table.frame:
+            unknown = ~table.frame["label"].isin(class_names)
+            if unknown.any():
+                row = int(unknown.to_numpy().argmax())
+                raise ValueError(f"unknown label {table.frame['label'].iat[row]!r} for id {table.frame['id'].iat[row]!r} "
+                                 f"in {table.path}, row {table.first_row + row + 1} (label column "
+                                 f"{table.source_columns['label']!r}); known classes: {class_names}")
+        source.rows += len(table.frame)
+        table.frame = prepare_rows(table, rejected)
+        paths = locate_images(table, source.images_dir, present, source.check, options["workers"],
+                              options["strict_images"])
+        part = to_dataset(table.frame, paths, class_names)
+        if scratch is not None:  # on disk, memory-mapped: rows read so far no longer take memory
+            part.save_to_disk(str(scratch / f"part-{len(parts)}"))
+            part = load_from_disk(str(scratch / f"part-{len(parts)}"))
+        parts.append(part)
+    if labels is not None and matched != len(labels.frame):
+        if label_rows is None:
+            raise ValueError(f"{labels.path} has {len(labels.frame)} rows but {source.features.path} has {matched}; "
+                             "without an id column the label file must list one label per feature row, in order")
+        unmatched = ~labels.frame["id"].isin(seen_ids.keys())
+        row = int(unmatched.to_numpy().argmax())
+        raise ValueError(f"ids of {source.features.path} and {labels.path} do not match: {int(unmatched.sum())} label "
+                         f"row(s) have no features, first at {labels.where(row, 'id')}")
+    if not parts:
+        raise ValueError(f"{source.features.path} has a header but no rows")
+    return concatenate_datasets(parts)
+
+
+def build_dataset(
+    features_file,
+    labels_file=None,
+    images_dir=None,
+    out_dir=None,
+    *,
+    test_file=None,
+    test_labels_file=None,
+    test_images_dir=None,
+    columns: dict | None = None,
+    classes: list[str] | None = None,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    encoding: str = "utf-8",
+    encoding_errors: str = "strict",
+    strict_images: bool = False,
+    workers: int = 4,
+    chunk_rows: int = CHUNK_ROWS,
+):
+    """Build the DatasetDict; save it and its summary to `out_dir` when given. Returns (dataset_dict, summary).
+
+    Rows are read and checked `chunk_rows` at a time; with `out_dir`, each chunk is written to a scratch folder
+    beside it (removed at the end), so memory does not grow with the number of rows."""
+    from datasets import DatasetDict, Image
+
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {validation_fraction}")
+    options = {"columns": columns, "encoding": encoding, "encoding_errors": encoding_errors, "workers": workers,
+               "strict_images": strict_images, "chunk_rows": chunk_rows}
+    sources = {"main": _open_source(features_file, labels_file, images_dir, options)}
+    if test_file:
+        sources["test"] = _open_source(test_file, test_labels_file, test_images_dir or images_dir, options)
+    if not sources["main"].labelled and "test" in sources:
+        raise ValueError("an unlabelled main file already forms the test split; do not also pass --test")
+    class_names = [str(c) for c in classes] if classes else sorted_codes(
+        set().union(*(source.label_codes() for source in sources.values())))
+
+    scratch_root = None
+    if out_dir is not None:
+        Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
+        scratch_root = Path(tempfile.mkdtemp(prefix=f".{Path(out_dir).name}-", dir=Path(out_dir).parent))
+    try:
+        rejected, seen_ids, read = {}, {}, {}
+        for name, source in sources.items():
+            scratch = scratch_root / name if scratch_root else None
+            if scratch:
+                scratch.mkdir()
+            read[name] = _read_source(source, class_names, bool(classes), seen_ids, rejected, options, scratch)
+            read[name] = read[name].cast_column("image", Image(mode="RGB"))
+
+        splits = {}
+        if sources["main"].labelled:
+            full = read["main"]
+            counts = np.bincount(np.asarray(full.data.column("label")), minlength=len(class_names))
+            too_small = [class_names[i] for i in np.flatnonzero(counts == 1)]
+            if too_small:
+                raise ValueError(f"classes {too_small[:10]} have a single labelled row: a stratified split needs "
+                                 "at least 2")
+            try:
+                parts = full.train_test_split(test_size=validation_fraction, stratify_by_column="label", seed=seed)
+            except ValueError as error:
+                raise ValueError(f"cannot split {len(full)} rows over {len(class_names)} classes with validation "
+                                 f"fraction {validation_fraction}: {error}") from None
+            splits["train"], splits["validation"] = parts["train"], parts["test"]
+        else:
+            splits["test"] = read["main"]
+        if "test" in read:
+            splits["test"] = read["test"]
+        dataset = DatasetDict(splits)
+        summary = _summarise(dataset, sources, rejected, class_names, validation_fraction, seed)
+        if out_dir is not None:
+            out_dir = Path(out_dir)
+            dataset.save_to_disk(str(out_dir))
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+            (out_dir / "summary.md").write_text(summary_markdown(summary))
+            from datasets import load_from_disk
+
+            dataset = load_from_disk(str(out_dir))  # the scratch parts go away below
+    finally:
+        if scratch_root is not None:
+            shutil.rmtree(scratch_root, ignore_errors=True)
+    return dataset, summary
+
+
+def _summarise(dataset, sources, rejected, class_names, validation_fraction, seed) -> dict:
+    import pyarrow.compute as pc
+
+    images = {}
+    for name, source in sources.items():
+        check = source.check
+        images[name] = {"found": check.found, "missing": check.missing, "unreadable": len(check.unreadable),
+                        "non_rgb_converted": check.non_rgb,
+                        "unreadable_files": [f"{p}: {why}" for p, why in check.unreadable[:LIST_LIMIT]]}
+    per_split = {}
+    for split, ds in dataset.items():
+        counts = np.zeros(len(class_names), dtype=np.int64)
+        without_description = with_image = 0
+        for batch in ds.select_columns(["description", "has_image", "label"]).with_format("arrow").iter(20_000):
+            without_description += pc.sum(pc.equal(batch["description"], "")).as_py() or 0
+            with_image += pc.sum(batch["has_image"]).as_py() or 0
+            labels = batch["label"].to_numpy()
+            counts += np.bincount(labels[labels >= 0], minlength=len(class_names))
+        per_split[split] = {
+            "rows": len(ds),
+            "without_description": int(without_description),
+            "with_image": int(with_image),
+            "class_counts": {name: int(n) for name, n in zip(class_names, counts)} if counts.any() else {},
+        }
+    return {
+        "sources": {name: source.info() for name, source in sources.items()},
+        "splits": per_split,
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "images": images,
+        "rows_rejected": rejected,
+        "validation_fraction": validation_fraction,
+        "seed": seed,
+    }
+
+
+def summary_markdown(summary: dict) -> str:
+    lines = ["# Dataset summary", "", "| split | rows | without description | with image |", "|---|---:|---:|---:|"]
+    for split, info in summary["splits"].items():
+        lines.append(f"| {split} | {info['rows']:,} | {info['without_description']:,} | {info['with_image']:,} |")
+    lines += ["", f"Classes: {summary['num_classes']} ({', '.join(summary['class_names'])})", ""]
+    for name, info in summary["images"].items():
+        lines.append(
+            f"Images ({name}): {info['found']:,} found, {info['missing']:,} missing, {info['unreadable']:,} unreadable "
+            f"(treated as missing), {info['non_rgb_converted']:,} non-RGB (decoded as RGB)"
+        )
+        lines += [f"  - {f}" for f in info["unreadable_files"]]
+    for name, info in summary["sources"].items():
+        if info["rows_with_replaced_bytes"]:
+            lines.append(f"Rows with undecodable bytes replaced ({name}): {info['rows_with_replaced_bytes']:,}")
+    total_rejected = sum(r["count"] for r in summary["rows_rejected"].values())
+    lines.append(f"Rows rejected: {total_rejected:,}")
+    for reason, info in summary["rows_rejected"].items():
+        lines.append(f"  - {reason}: {info['count']:,} (ids {', '.join(info['ids'])}{' ...' if info['count'] > len(info['ids']) else ''})")
+    return "\n".join(lines) + "\n"
+
+
+
+def _parse_classes(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    path = Path(text)
+    if path.is_file():
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("features", help="X file: ENS CSV, SIGIR TSV, or any CSV/TSV with --columns")
+    parser.add_argument("--labels", help="Y file (ENS index + prdtypecode, or SIGIR Prdtypecode); omit for unlabelled data")
+    parser.add_argument("--images", help="folder with image_<imageid>_product_<productid>.jpg files")
+    parser.add_argument("--out", required=True, help="output folder for the DatasetDict")
+    parser.add_argument("--test", help="unlabelled (or --test-labels) X file that becomes the test split")
+    parser.add_argument("--test-labels", help="labels of the test file, when known")
+    parser.add_argument("--test-images", help="images folder of the test file (default: --images)")
+    parser.add_argument("--columns", help="generic layout: FIELD=COLUMN,... with fields " + ", ".join(FIELDS))
+    parser.add_argument("--classes", help="fixed class list: comma-separated codes or a file with one per line")
+    parser.add_argument("--validation-fraction", type=float, default=0.1, help="default 0.1 (a 9:1 split)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--encoding", default="utf-8")
+    parser.add_argument("--encoding-errors", choices=["strict", "replace"], default="strict",
+                        help="strict: stop at undecodable bytes; replace: replace them and count the rows")
+    parser.add_argument("--strict-images", action="store_true", help="stop at an unreadable image instead of flagging it missing")
+    parser.add_argument("--workers", type=int, default=4, help="threads checking images")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also push the DatasetDict to the Hugging Face Hub")
+
+
+def run(args) -> int:
+    dataset, summary = build_dataset(
+        args.features, args.labels, args.images, args.out,
+        test_file=args.test, test_labels_file=args.test_labels, test_images_dir=args.test_images,
+        columns=parse_columns(args.columns), classes=_parse_classes(args.classes),
+        validation_fraction=args.validation_fraction, seed=args.seed, encoding=args.encoding,
+        encoding_errors=args.encoding_errors, strict_images=args.strict_images, workers=args.workers,
+    )
+    print(summary_markdown(summary))
+    print(f"saved to {args.out}")
+    if args.push_to_hub:
+        dataset.push_to_hub(args.push_to_hub)
+        print(f"pushed to the Hub: {args.push_to_hub}")
+    return 0
