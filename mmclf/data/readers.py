@@ -28,12 +28,14 @@ KNOWN_FORMATS = {
         "y": {"id": "integer_id", "label": "prdtypecode"},
     },
 }
+OPTIONAL_FIELDS = {"description"}  # a known layout without it (title-only) still builds
 CHUNK_ROWS = 20_000  # rows read, checked and converted at a time
 ROW_NUMBER = "<row number>"  # the id "column" of files without one
 
 # Undecodable bytes become private-use characters U+F780..U+F7FF, so that the parsed table can
 # say in which row and column they sit (pandas cannot parse lone surrogates).
 _BAD_BYTE = re.compile("[\uf780-\uf7ff]")
+_WHOLE_FLOAT = re.compile(r"^([+-]?\d+)\.0*$")  # `2705.0`, `2705.00`: an integer code written by a float column
 codecs.register_error("mmclf-mark", lambda e: ("".join(chr(0xF700 + b) for b in e.object[e.start : e.end]), e.end))
 
 
@@ -70,8 +72,13 @@ def _open_chunks(path: Path, encoding: str, chunk_rows: int) -> tuple[list[str],
     kind = "TSV" if separator == "\t" else "CSV"
     options = {"sep": separator, "dtype": str, "keep_default_na": False, "encoding": encoding,
                "encoding_errors": "mmclf-mark"}
-    header = pd.read_csv(path, nrows=0, **options).columns
-    columns = ["" if str(c).startswith("Unnamed: 0") else str(c).strip() for c in header]
+    try:
+        first = pd.read_csv(path, nrows=1, **options)
+    except pd.errors.ParserError as error:
+        raise ValueError(f"{path} could not be parsed as {kind}: {error}") from None
+    if len(first) == 0:
+        raise ValueError(f"{path} has a header but no rows")
+    columns = ["" if str(c).startswith("Unnamed: 0") else str(c).strip() for c in first.columns]
 
     def chunks():
         try:
@@ -116,10 +123,15 @@ def _match_columns(columns: list[str], wanted: dict, path: Path, hint: str) -> d
     return found
 
 
+def normalise_codes(codes: pd.Series) -> pd.Series:
+    """Label codes as the classes know them: whitespace stripped, `2705.0` / `2705.00` read as `2705`."""
+    return codes.str.strip().str.replace(_WHOLE_FLOAT, r"\1", regex=True)
+
+
 def detect_format(columns) -> str | None:
     lower = {c.lower() for c in columns}
     for name, spec in KNOWN_FORMATS.items():
-        if {c for c in spec["x"].values() if c} <= lower:
+        if {c for f, c in spec["x"].items() if c and f not in OPTIONAL_FIELDS} <= lower:
             return name
     return None
 
@@ -148,6 +160,8 @@ class FeaturesFile:
                                                           self.encoding_errors)
             canonical = pd.DataFrame({name: frame[column].str.strip() for name, column in self.source_columns.items()
                                       if column != ROW_NUMBER})
+            if "label" in canonical:
+                canonical["label"] = normalise_codes(canonical["label"])
             if self.source_columns.get("id") == ROW_NUMBER:  # no id column: the row number is the stable id
                 canonical.insert(0, "id", [str(i) for i in range(first_row, first_row + len(frame))])
             yield RawTable(self.path, canonical, self.described_columns, first_row)
@@ -172,9 +186,11 @@ def read_features_file(path, column_map: dict | None = None, encoding: str = "ut
             raise ValueError(
                 f"{path}: unknown layout, columns {list(columns)}. Expected the ENS challenge columns "
                 "(unnamed index, designation, description, productid, imageid), the SIGIR columns (Integer_id, "
-                "Title, Description, Image_id, Product_id), or pass --columns title=COL,description=COL,..."
+                "Title, Description, Image_id, Product_id), description optional in both, or pass "
+                "--columns title=COL,description=COL,..."
             )
-        wanted = dict(KNOWN_FORMATS[fmt]["x"])
+        lower = {c.lower() for c in columns}
+        wanted = {f: c for f, c in KNOWN_FORMATS[fmt]["x"].items() if f not in OPTIONAL_FIELDS or c.lower() in lower}
         if fmt == "ens" and "" not in columns:
             raise ValueError(f"{path}: the ENS layout needs its unnamed index column first; found {list(columns)}")
     found = _match_columns(columns, wanted, path, "Use --columns to map your columns.")
@@ -186,8 +202,7 @@ def read_labels_file(path, fmt: str, encoding: str = "utf-8", encoding_errors: s
     """Read a whole Y file: an id column (when the format has one) and the label column."""
     path = Path(path)
     columns, chunks = _open_chunks(path, encoding, CHUNK_ROWS)
-    frames = list(chunks)
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns, dtype=str)
+    frame = pd.concat(list(chunks), ignore_index=True)
     _replace_bad_bytes(frame, path, 0, encoding, encoding_errors)
     wanted = dict(KNOWN_FORMATS.get(fmt, {}).get("y", {"id": "", "label": "prdtypecode"}))
     if fmt == "generic":
@@ -195,6 +210,7 @@ def read_labels_file(path, fmt: str, encoding: str = "utf-8", encoding_errors: s
         wanted = {"id": columns[0], "label": label_column} if len(columns) > 1 else {"label": label_column}
     found = _match_columns(columns, wanted, path, "The label file needs the product type code column.")
     canonical = pd.DataFrame({field_name: frame[column].str.strip() for field_name, column in found.items()})
+    canonical["label"] = normalise_codes(canonical["label"])
     labels = RawTable(path, canonical, found)
     if "id" in canonical:
         check_unique_ids(labels, {})
@@ -236,8 +252,6 @@ def attach_labels(features: RawTable, labels: RawTable, label_rows: dict | None)
     if empty.any():
         row = int(empty.to_numpy().argmax())
         raise ValueError(f"missing label for {int(empty.sum())} row(s), first at {labels.path} for {features.where(row)}")
-
-
 
 
 def parse_columns(text: str | None) -> dict | None:
