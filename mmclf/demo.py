@@ -69,7 +69,7 @@ def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion
     if not (dataset_dir / "summary.json").is_file():
         build_dataset(catalog / "X_train.csv", catalog / "Y_train.csv", catalog / "image_train", dataset_dir,
                       test_file=catalog / "X_test.csv", test_labels_file=catalog / "Y_test.csv",
-                      test_images_dir=catalog / "image_test", seed=seed)
+                      test_images_dir=catalog / "image_test", seed=seed, overwrite=True)
     dataset = load_from_disk(str(dataset_dir))
     class_names = dataset["train"].features["label"].names
     test_labels = np.asarray(dataset["test"]["label"][:])

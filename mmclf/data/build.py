@@ -5,23 +5,30 @@ text; splits train/validation stratified by label; writes a summary.
 
 Policy for bad input (documented in README):
 - structural problems (missing columns, X/Y ids that do not match, duplicate ids, missing or
-  unknown labels, undecodable bytes, a missing images folder) stop the build with an error that
-  names the file, the row and the column;
+  unknown labels, label codes in fewer than `min_class_rows` rows, undecodable bytes, a file with
+  no rows, a missing images folder) stop the build with an error that names the file, the row
+  and the column;
 - rows whose title is empty after cleaning are rejected, counted and listed in the summary;
 - missing images are normal: the row keeps `image=None`, `has_image=False`;
 - unreadable or truncated images are treated as missing, counted and listed (or are an error
   with `--strict-images`); non-RGB images are kept and decoded as RGB (`Image(mode="RGB")`).
+
+With an output folder, the dataset and its summary are written to `.NAME.partial-PID-*` beside it and renamed
+into place only when complete: a folder named NAME is a complete dataset, and a killed build leaves the old one
+(or, with `overwrite`, at worst nothing). Partial folders of builds that no longer run are removed by the next.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from mmclf.data.readers import (
     CHUNK_ROWS,
@@ -30,6 +37,7 @@ from mmclf.data.readers import (
     RawTable,
     attach_labels,
     check_unique_ids,
+    normalise_codes,
     parse_columns,
     read_features_file,
     read_labels_file,
@@ -51,12 +59,19 @@ class Source:
     def labelled(self) -> bool:
         return self.labels is not None or "label" in self.features.source_columns
 
-    def label_codes(self) -> set:
+    def label_tables(self):
+        """The tables holding this source's labels: the Y file, or the X file's chunks."""
         if self.labels is not None:
-            return set(self.labels.frame["label"]) - {""}
-        if "label" in self.features.source_columns:
-            return {code for table in self.features.chunks() for code in table.frame["label"]} - {""}
-        return set()
+            return [self.labels]
+        return self.features.chunks() if "label" in self.features.source_columns else []
+
+    def label_counts(self) -> dict:
+        counts = {}
+        for table in self.label_tables():
+            for code, n in table.frame["label"].value_counts().items():
+                counts[code] = counts.get(code, 0) + int(n)
+        counts.pop("", None)
+        return counts
 
     def info(self) -> dict:
         return {"file": str(self.features.path), "format": self.features.format, "rows": self.rows,
@@ -74,6 +89,30 @@ def _open_source(features_file, labels_file, images_dir, options: dict) -> Sourc
     if images_dir is not None and not images_dir.is_dir():
         raise FileNotFoundError(f"images folder not found: {images_dir}")
     return Source(features, labels, images_dir)
+
+
+def _check_rare_codes(source: Source, counts: dict, class_names: list[str], min_rows: int) -> None:
+    """Refuse label codes found in fewer than `min_rows` rows (`counts`: code -> rows), naming where they are: a
+    typo in a few rows would otherwise become a class of its own. Codes outside `class_names` are left to the
+    unknown-label check."""
+    rare = {code: n for code, n in counts.items() if n < min_rows and code in class_names}
+    if not rare:
+        return
+    rows = {code: [] for code in rare}
+    for table in source.label_tables():
+        for row in np.flatnonzero(table.frame["label"].isin(rare.keys()).to_numpy()):
+            found = rows[table.frame["label"].iat[row]]
+            if len(found) < 5:
+                sample_id = f" (id {table.frame['id'].iat[row]!r})" if "id" in table.frame else ""
+                found.append(f"row {table.first_row + row + 1}{sample_id}")
+        path, column = table.path, table.source_columns["label"]
+    listed = "; ".join(f"{code!r} in {n} row{'s' if n > 1 else ''} ({', '.join(rows[code])}{', ...' if n > 5 else ''})"
+                       for code, n in sorted(rare.items(), key=lambda item: item[1])[:10])
+    raise ValueError(
+        f"{path}, column {column!r}: {len(rare)} label code(s) in fewer than {min_rows} rows (--min-class-rows; a "
+        f"stratified split needs 2 rows per class): {listed}{' ...' if len(rare) > 10 else ''}. Fix these codes in "
+        "the file, or pass --classes with the expected codes to refuse unknown ones"
+    )
 
 
 def _read_source(source: Source, class_names: list[str], check_classes: bool, seen_ids: dict, rejected: dict,
@@ -103,7 +142,8 @@ def _read_source(source: Source, class_names: list[str], check_classes: bool, se
                 row = int(unknown.to_numpy().argmax())
                 raise ValueError(f"unknown label {table.frame['label'].iat[row]!r} for id {table.frame['id'].iat[row]!r} "
                                  f"in {table.path}, row {table.first_row + row + 1} (label column "
-                                 f"{table.source_columns['label']!r}); known classes: {class_names}")
+                                 f"{table.source_columns['label']!r}); known classes ({options['class_origin']}): "
+                                 f"{class_names}")
         source.rows += len(table.frame)
         table.frame = prepare_rows(table, rejected)
         paths = locate_images(table, source.images_dir, present, source.check, options["workers"],
@@ -121,9 +161,54 @@ def _read_source(source: Source, class_names: list[str], check_classes: bool, se
         row = int(unmatched.to_numpy().argmax())
         raise ValueError(f"ids of {source.features.path} and {labels.path} do not match: {int(unmatched.sum())} label "
                          f"row(s) have no features, first at {labels.where(row, 'id')}")
-    if not parts:
-        raise ValueError(f"{source.features.path} has a header but no rows")
     return concatenate_datasets(parts)
+
+
+def _partial_prefix(out: Path) -> str:
+    return f".{out.name}.partial-"
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if not (out.exists() or out.is_symlink()) or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not overwrite:
+        raise ValueError(f"{out} already exists; pass --overwrite to replace it")
+    if not out.is_dir() or not ((out / "dataset_dict.json").is_file() or (out / "summary.json").is_file()):
+        raise ValueError(f"{out} is not a dataset folder (no dataset_dict.json or summary.json): --overwrite "
+                         "replaces only a dataset; choose another --out or remove it yourself")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Remove partial folders of builds into `out` that were killed (their process is gone)."""
+    prefix = _partial_prefix(out)
+    for path in out.parent.iterdir():
+        if path.name.startswith(prefix) and path.is_dir():
+            pid = path.name[len(prefix):].split("-", 1)[0]
+            if not (pid.isdigit() and _running(int(pid))):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _move_into_place(staged: Path, out: Path, aside: Path) -> None:
+    """Rename the complete `staged` folder to `out`; an old `out` is first moved to `aside` (deleted later)."""
+    if out.exists() or out.is_symlink():
+        out.rename(aside)
+        try:
+            staged.rename(out)
+        except BaseException:
+            aside.rename(out)
+            raise
+    else:
+        staged.rename(out)
 
 
 def build_dataset(
@@ -144,15 +229,24 @@ def build_dataset(
     strict_images: bool = False,
     workers: int = 4,
     chunk_rows: int = CHUNK_ROWS,
+    min_class_rows: int = 2,
+    overwrite: bool = False,
 ):
     """Build the DatasetDict; save it and its summary to `out_dir` when given. Returns (dataset_dict, summary).
 
-    Rows are read and checked `chunk_rows` at a time; with `out_dir`, each chunk is written to a scratch folder
-    beside it (removed at the end), so memory does not grow with the number of rows."""
-    from datasets import DatasetDict, Image
+    An existing `out_dir` is an error unless `overwrite`, then replaced whole. Everything is written to a partial
+    folder beside `out_dir`, renamed into place when complete. Rows are read and checked `chunk_rows` at a time;
+    with `out_dir`, each chunk is written to the partial folder, so memory does not grow with the number of rows."""
+    from datasets import DatasetDict, Image, load_from_disk
 
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation fraction must be in (0, 1), got {validation_fraction}")
+    if min_class_rows < 2:
+        raise ValueError(f"--min-class-rows must be at least 2 (a stratified split needs 2 rows per class), "
+                         f"got {min_class_rows}")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        _check_out(out, overwrite)
     options = {"columns": columns, "encoding": encoding, "encoding_errors": encoding_errors, "workers": workers,
                "strict_images": strict_images, "chunk_rows": chunk_rows}
     sources = {"main": _open_source(features_file, labels_file, images_dir, options)}
@@ -160,30 +254,41 @@ def build_dataset(
         sources["test"] = _open_source(test_file, test_labels_file, test_images_dir or images_dir, options)
     if not sources["main"].labelled and "test" in sources:
         raise ValueError("an unlabelled main file already forms the test split; do not also pass --test")
-    class_names = [str(c) for c in classes] if classes else sorted_codes(
-        set().union(*(source.label_codes() for source in sources.values())))
+    main = sources["main"]
+    counts = main.label_counts() if main.labelled else {}
+    if classes:
+        class_names, options["class_origin"] = [str(c) for c in classes], "--classes"
+        repeated = sorted({c for c in class_names if class_names.count(c) > 1})
+        if repeated:
+            raise ValueError(f"--classes lists {repeated} more than once")
+    else:  # the main file's codes; a test file's labels must be among them
+        class_names, options["class_origin"] = sorted_codes(counts), f"the codes of {main.features.path}"
+    _check_rare_codes(main, counts, class_names, min_class_rows)
 
-    scratch_root = None
-    if out_dir is not None:
-        Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
-        scratch_root = Path(tempfile.mkdtemp(prefix=f".{Path(out_dir).name}-", dir=Path(out_dir).parent))
+    work = None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(out)
+        work = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(out)}{os.getpid()}-", dir=out.parent))
     try:
         rejected, seen_ids, read = {}, {}, {}
         for name, source in sources.items():
-            scratch = scratch_root / name if scratch_root else None
+            scratch = work / "parts" / name if work else None
             if scratch:
-                scratch.mkdir()
-            read[name] = _read_source(source, class_names, bool(classes), seen_ids, rejected, options, scratch)
+                scratch.mkdir(parents=True)
+            check_classes = bool(classes) or name == "test"
+            read[name] = _read_source(source, class_names, check_classes, seen_ids, rejected, options, scratch)
             read[name] = read[name].cast_column("image", Image(mode="RGB"))
 
         splits = {}
         if sources["main"].labelled:
             full = read["main"]
-            counts = np.bincount(np.asarray(full.data.column("label")), minlength=len(class_names))
-            too_small = [class_names[i] for i in np.flatnonzero(counts == 1)]
-            if too_small:
-                raise ValueError(f"classes {too_small[:10]} have a single labelled row: a stratified split needs "
-                                 "at least 2")
+            label_ids = np.asarray(full.data.column("label"))
+            too_small = np.flatnonzero(np.bincount(label_ids, minlength=len(class_names)) == 1)  # after rejections
+            if len(too_small):
+                ids = [full.data.column("id")[int(np.flatnonzero(label_ids == i)[0])].as_py() for i in too_small[:10]]
+                raise ValueError(f"classes {[class_names[i] for i in too_small[:10]]} keep a single row (ids {ids}) "
+                                 "once rows with an empty title are rejected: a stratified split needs 2")
             try:
                 parts = full.train_test_split(test_size=validation_fraction, stratify_by_column="label", seed=seed)
             except ValueError as error:
@@ -196,17 +301,17 @@ def build_dataset(
             splits["test"] = read["test"]
         dataset = DatasetDict(splits)
         summary = _summarise(dataset, sources, rejected, class_names, validation_fraction, seed)
-        if out_dir is not None:
-            out_dir = Path(out_dir)
-            dataset.save_to_disk(str(out_dir))
-            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-            (out_dir / "summary.md").write_text(summary_markdown(summary))
-            from datasets import load_from_disk
-
-            dataset = load_from_disk(str(out_dir))  # the scratch parts go away below
+        if out is not None:
+            staged = work / "dataset"
+            dataset.save_to_disk(str(staged))
+            (staged / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+            (staged / "summary.md").write_text(summary_markdown(summary))
+            _move_into_place(staged, out, work / "replaced")
     finally:
-        if scratch_root is not None:
-            shutil.rmtree(scratch_root, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    if out is not None:
+        dataset = load_from_disk(str(out))  # the parts it was read from are gone
     return dataset, summary
 
 
@@ -269,24 +374,27 @@ def summary_markdown(summary: dict) -> str:
 
 
 def _parse_classes(text: str | None) -> list[str] | None:
+    """Codes normalised as in the files (`2705.0` -> `2705`)."""
     if not text:
         return None
     path = Path(text)
-    if path.is_file():
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return [c.strip() for c in text.split(",") if c.strip()]
+    codes = path.read_text().splitlines() if path.is_file() else text.split(",")
+    return normalise_codes(pd.Series(codes, dtype=str)).loc[lambda c: c != ""].tolist()
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("features", help="X file: ENS CSV, SIGIR TSV, or any CSV/TSV with --columns")
     parser.add_argument("--labels", help="Y file (ENS index + prdtypecode, or SIGIR Prdtypecode); omit for unlabelled data")
     parser.add_argument("--images", help="folder with image_<imageid>_product_<productid>.jpg files")
-    parser.add_argument("--out", required=True, help="output folder for the DatasetDict")
+    parser.add_argument("--out", required=True, help="output folder for the DatasetDict (written whole, or not at all)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     parser.add_argument("--test", help="unlabelled (or --test-labels) X file that becomes the test split")
     parser.add_argument("--test-labels", help="labels of the test file, when known")
     parser.add_argument("--test-images", help="images folder of the test file (default: --images)")
     parser.add_argument("--columns", help="generic layout: FIELD=COLUMN,... with fields " + ", ".join(FIELDS))
     parser.add_argument("--classes", help="fixed class list: comma-separated codes or a file with one per line")
+    parser.add_argument("--min-class-rows", type=int, default=2,
+                        help="refuse label codes found in fewer rows of the main file, naming them (default 2)")
     parser.add_argument("--validation-fraction", type=float, default=0.1, help="default 0.1 (a 9:1 split)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--encoding", default="utf-8")
@@ -304,6 +412,7 @@ def run(args) -> int:
         columns=parse_columns(args.columns), classes=_parse_classes(args.classes),
         validation_fraction=args.validation_fraction, seed=args.seed, encoding=args.encoding,
         encoding_errors=args.encoding_errors, strict_images=args.strict_images, workers=args.workers,
+        min_class_rows=args.min_class_rows, overwrite=args.overwrite,
     )
     print(summary_markdown(summary))
     print(f"saved to {args.out}")
