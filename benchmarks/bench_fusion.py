@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mmclf.evaluation import macro_f1
-from mmclf.fusion import fit_decision_fusion
+from mmclf.fusion.decision import fit_decision_fusion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _fusion_fixtures import half_expert_tables  # the tests' synthetic two-expert tables

@@ -17,8 +17,7 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 from torch.utils.data import DataLoader
 
-from mmclf.config import IMAGE_MODEL_DEFAULTS
-from mmclf.image_expert import ImageExpert
+from mmclf.experts.image import ImageExpert
 
 
 def jpeg_dataset(count: int, size: int) -> Dataset:
@@ -49,15 +48,15 @@ def main():
     print(f"\n{args.images} JPEGs of {args.source_size} px, training transforms, batch {args.batch_size}")
     print("| crop px | workers | images/s | images/s per worker |\n|---|---|---|---|")
     for image_size, resize in ((224, 256), (448, 512)):
-        config = dict(IMAGE_MODEL_DEFAULTS, name="test_resnet", image_size=image_size, resize_size=resize)
+        config = dict(ImageExpert.config_defaults, name="test_resnet", image_size=image_size, resize_size=resize)
         expert = ImageExpert.build(config, ["a", "b"])
         encoded = expert.encode(dataset, train=True)
         for workers in args.workers:
             loader = DataLoader(encoded, batch_size=args.batch_size, num_workers=workers,
-                                collate_fn=expert.collate_fn, shuffle=True)
+                                collate_fn=expert.collate, shuffle=True)
             start, seen = time.perf_counter(), 0
             for batch in loader:
-                seen += len(batch["labels"])
+                seen += len(batch["targets"]["labels"])
             rate = seen / (time.perf_counter() - start)
             print(f"| {image_size} | {workers} | {rate:.0f} | {rate / max(workers, 1):.0f} |")
     print("workers=0 decodes in the training process; the per-worker rate includes worker start-up")

@@ -14,8 +14,9 @@ import time
 import torch
 from torch import nn
 
-from mmclf import training_loop as loop
-from mmclf.config import TRAINING_DEFAULTS
+from mmclf.experts.base import decay_groups
+from mmclf.training import loop
+from mmclf.training.config import TRAINING_DEFAULTS
 
 
 class Blobs(torch.utils.data.Dataset):
@@ -28,7 +29,7 @@ class Blobs(torch.utils.data.Dataset):
         return len(self.y)
 
     def __getitem__(self, i):
-        return {"features": self.x[i], "labels": self.y[i]}
+        return {"inputs": {"features": self.x[i]}, "targets": {"labels": self.y[i]}}
 
 
 class MLP(nn.Module):
@@ -44,7 +45,7 @@ class MLP(nn.Module):
 def bare(training, train_data, steps, hidden):
     torch.manual_seed(0)
     model = MLP(hidden=hidden)
-    optimizer = loop.build_optimizer(model, training)
+    optimizer = loop.build_optimizer(decay_groups(model, training["weight_decay"]), training)
     loader = torch.utils.data.DataLoader(train_data, batch_size=training["batch_size"], shuffle=True)
     scheduler = loop.build_scheduler(optimizer, training, len(loader))
     stamps = []
@@ -52,7 +53,7 @@ def bare(training, train_data, steps, hidden):
     model.train()
     for batch in loader:
         stamps.append(time.perf_counter())
-        loss = nn.functional.cross_entropy(model(batch["features"]), batch["labels"])
+        loss = nn.functional.cross_entropy(model(**batch["inputs"]), batch["targets"]["labels"])
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), training["max_grad_norm"])
         optimizer.step()
@@ -71,10 +72,10 @@ def mmclf_loop(training, train_data, eval_data, steps, hidden):
                                                           accelerator=accelerator)
         stamps = []
 
-        def timed_loss(outputs, batch):
+        def timed_loss(outputs, targets):
             if model.training:
                 stamps.append(time.perf_counter())
-            return loop.cross_entropy(outputs, batch)
+            return loop.cross_entropy(outputs, targets)
 
         start = time.perf_counter()
         loop.train(model, train_loader, eval_loader, training, run_dir, accelerator, loss_fn=timed_loss)

@@ -15,9 +15,8 @@ import torch
 from datasets import ClassLabel, Dataset, Features, Value, load_from_disk
 from transformers import DataCollatorWithPadding
 
-from mmclf import training_loop as loop
-from mmclf.config import TEXT_MODEL_DEFAULTS
-from mmclf.text_expert import TextExpert
+from mmclf.experts.text import TextExpert
+from mmclf.training import loop
 
 WORDS = ["livre", "jeu", "console", "carte", "piscine", "jardin", "enfant", "bébé", "lot", "neuf", "occasion", "rouge", "bleu", "grand", "petit"]
 
@@ -36,6 +35,14 @@ def generated(rows: int, seed: int = 0) -> Dataset:
     features = Features({"id": Value("string"), "title": Value("string"), "description": Value("string"),
                          "label": ClassLabel(names=[str(i) for i in range(27)])})
     return Dataset.from_dict(data, features=features)
+
+
+def padded_batches(expert):
+    """The expert's own collate, flattened to the layout the other variant gives."""
+    def collate(rows):
+        batch = expert.collate(rows)
+        return {**batch["inputs"], **batch["targets"]}
+    return collate
 
 
 def tokens_per_second(expert, encoded, collate, sampler, batch_size, max_batches):
@@ -63,16 +70,16 @@ def main():
     parser.add_argument("--batches", type=int, default=None, help="default: one whole epoch")
     args = parser.parse_args()
     dataset = load_from_disk(args.dataset)["train"] if args.dataset else generated(args.rows)
-    model_cfg = dict(TEXT_MODEL_DEFAULTS, max_length=args.max_length)
+    model_cfg = dict(TextExpert.config_defaults, max_length=args.max_length)
     expert = TextExpert.build(model_cfg, dataset.features["label"].names, dataset)
-    encoded = expert.encode(dataset)
+    encoded = expert.encode(dataset, train=True)
     lengths = np.array(expert.lengths(encoded))
     variants = {
         "pad to max length": (DataCollatorWithPadding(expert.tokenizer, padding="max_length",
                                                       max_length=args.max_length),
                               loop.EpochSampler(len(encoded), 0)),
-        "per-batch padding": (expert.collate_fn, loop.EpochSampler(len(encoded), 0)),
-        "per-batch + length grouping": (expert.collate_fn,
+        "per-batch padding": (padded_batches(expert), loop.EpochSampler(len(encoded), 0)),
+        "per-batch + length grouping": (padded_batches(expert),
                                         loop.EpochSampler(len(encoded), 0, lengths, args.batch_size)),
     }
     print(f"\n{len(encoded)} rows, tokens per row: median {np.median(lengths):.0f}, p90 "

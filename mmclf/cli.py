@@ -15,14 +15,16 @@ import sys
 COMMANDS = {
     "demo-data": ("mmclf.data.demo_catalog", "add_arguments", "run", "write the synthetic demo catalog (ENS layout)"),
     "build-dataset": ("mmclf.data.build", "add_arguments", "run", "raw CSV/TSV files + images -> DatasetDict on disk"),
-    "train": ("mmclf.train", "add_train_arguments", "run_train", "train an expert from a recipe YAML"),
-    "predict-expert": ("mmclf.train", "add_predict_arguments", "run_predict", "probability table of a saved expert"),
-    "fuse": ("mmclf.fusion", "add_arguments", "run", "decision-level fusion over experts' probability tables"),
-    "ensemble": ("mmclf.ensemble", "add_arguments", "run", "majority vote over fused runs or prediction tables"),
-    "pipeline": ("mmclf.predict", "add_pipeline_arguments", "run_pipeline", "assemble experts + fusions for predict"),
-    "predict": ("mmclf.predict", "add_arguments", "run", "raw files + saved pipeline -> submission file"),
+    "train": ("mmclf.training.train", "add_train_arguments", "run_train", "train an expert from a recipe YAML"),
+    "predict-expert": ("mmclf.training.train", "add_predict_arguments", "run_predict",
+                       "probability table of a saved expert"),
+    "fuse": ("mmclf.fusion.decision", "add_arguments", "run", "decision-level fusion over experts' probability tables"),
+    "ensemble": ("mmclf.fusion.ensemble", "add_arguments", "run", "majority vote over fused runs or prediction tables"),
+    "pipeline": ("mmclf.pipeline", "add_pipeline_arguments", "run_pipeline", "assemble experts + fusions into a pipeline"),
+    "predict": ("mmclf.pipeline", "add_arguments", "run", "raw files + saved pipeline -> submission file"),
     "evaluate": ("mmclf.evaluation", "add_arguments", "run", "macro-F1, per-class report, confusion matrix"),
-    "push": ("mmclf.hub", "add_arguments", "run", "push a model, fusion run or pipeline folder to the Hub"),
+    "push": ("mmclf.pipeline", "add_push_arguments", "run_push", "push a pipeline, expert or fusion folder to the Hub"),
+    "serve": ("mmclf.serve", "add_arguments", "run", "HTTP server answering predictions of a pipeline"),
     "demo": ("mmclf.demo", "add_arguments", "run", "the whole pipeline on the built-in demo catalog"),
 }
 

@@ -28,8 +28,8 @@ TABLE_ROWS = (
 
 
 def _train(expert: str, dataset_dir: Path, run_dir: Path, folds: int, seed: int, overrides: list[str]) -> Path:
-    from mmclf.config import load_config
-    from mmclf.train import train_expert
+    from mmclf.training.config import load_config
+    from mmclf.training.train import train_expert
 
     if (run_dir / "metrics.json").is_file() and (folds < 2 or (run_dir / "probs" / "oof.parquet").is_file()):
         print(f"[demo] reusing {run_dir}")
@@ -47,11 +47,11 @@ def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion
 
     from mmclf.data.build import build_dataset
     from mmclf.data.demo_catalog import generate_catalog
-    from mmclf.ensemble import majority_vote
     from mmclf.evaluation import compute_report, macro_f1, write_report
-    from mmclf.feature_fusion import fuse_expert_features
-    from mmclf.fusion import FusionModel, fit_decision_fusion
-    from mmclf.predict import predict_dataset, write_pipeline, write_submission
+    from mmclf.fusion.decision import FusionModel, fit_decision_fusion
+    from mmclf.fusion.ensemble import majority_vote
+    from mmclf.fusion.feature import fuse_expert_features
+    from mmclf.pipeline import MultimodalPipeline, write_submission
     from mmclf.probability_tables import ProbabilityTable
 
     out = Path(out_dir)
@@ -113,15 +113,19 @@ def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion
     scores["ensemble"] = macro_f1(test_labels, winners)
     stage("decision-level fusion and ensemble")
 
-    # The saved pipeline, used as a user would: predictions for the test split, then a report.
-    pipeline = out / "pipeline"
-    write_pipeline(pipeline, {e: runs[e] / "model" for e in runs}, fusion_dirs, class_names)
-    predicted, _, fused = predict_dataset(pipeline, dataset["test"], "test")
-    write_submission(out / "predictions.csv", fused.ids, class_names, predicted)
-    if not np.array_equal(predicted, winners):
-        raise RuntimeError("the saved pipeline's predictions differ from the in-memory ensemble")
-    write_report(compute_report(test_labels, predicted, class_names), out / "evaluation",
-                 title="Demo ensemble on the test split")
+    # The pipeline assembled from the saved experts and fusions, used as a user would: predictions for the
+    # test split, a report, then the pipeline folder with the test evaluation in its model card.
+    pipeline = MultimodalPipeline.from_folders({e: runs[e] / "model" for e in runs}, fusion_dirs,
+                                               metadata={"dataset": "mmclf demo catalog"})
+    result = pipeline.predict_details(dataset["test"])
+    write_submission(out / "predictions.csv", result.ids, result.codes)
+    if not np.array_equal(result.winners, winners):
+        raise RuntimeError("the pipeline's predictions differ from the in-memory ensemble")
+    evaluation = compute_report(test_labels, result.winners, class_names)
+    write_report(evaluation, out / "evaluation", title="Demo ensemble on the test split")
+    pipeline.metadata["metrics"] = {key: evaluation[key] for key in ("macro_f1", "weighted_f1", "accuracy")}
+    pipeline.metadata["metrics"].update(split="test", rows=evaluation["num_rows"])
+    pipeline.save_pretrained(out / "pipeline")
     stage("predict and evaluate")
 
     report = {key: round(scores[key], 4) for key, _ in TABLE_ROWS}

@@ -37,15 +37,32 @@ def load_metric():
     return evaluate.load(str(METRIC_PATH))
 
 
-def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
-    """Macro-F1 over the classes present in labels or predictions, as sklearn's f1_score(average="macro",
-    zero_division=0); computed with bincount because it runs once per fold and epoch."""
+def _f1_per_class(labels: np.ndarray, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """F1 and support of every class present in labels or predictions (bincount: it runs once per fold and epoch)."""
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     size = int(max(labels.max(), predictions.max())) + 1
     true_positives = np.bincount(labels[labels == predictions], minlength=size)
-    totals = np.bincount(labels, minlength=size) + np.bincount(predictions, minlength=size)
+    support = np.bincount(labels, minlength=size)
+    totals = support + np.bincount(predictions, minlength=size)
     present = totals > 0
-    return float((2 * true_positives[present] / totals[present]).mean())
+    return 2 * true_positives[present] / totals[present], support[present]
+
+
+def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Macro-F1 over the classes present in labels or predictions, as sklearn's f1_score(average="macro",
+    zero_division=0)."""
+    return float(_f1_per_class(labels, predictions)[0].mean())
+
+
+def scores(labels: np.ndarray, predictions: np.ndarray) -> dict:
+    """Macro-F1 (the challenge metric), support-weighted F1 and accuracy of the rows with a known label (>= 0)."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    known = labels >= 0
+    if not known.any():
+        return {}
+    f1, support = _f1_per_class(labels[known], predictions[known])
+    return {"macro_f1": float(f1.mean()), "weighted_f1": float((f1 * support).sum() / support.sum()),
+            "accuracy": float((labels[known] == predictions[known]).mean())}
 
 
 def compute_report(labels: np.ndarray, predictions: np.ndarray, class_names: list[str]) -> dict:

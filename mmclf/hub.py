@@ -1,10 +1,9 @@
-"""Publishing to and fetching from the Hugging Face Hub (`mmclf push`).
+"""The Hugging Face Hub boundary: model cards, uploads and Hub loading.
 
-Any saved folder can be pushed: an expert's `model/` folder, a fusion run, a whole pipeline.
-A pipeline is pushed self-contained: the expert and fusion folders it points to are uploaded
-under `experts/<name>/` and `fusions/<i>/` with a rewritten pipeline.json, so
-`mmclf predict --pipeline OWNER/NAME` works from the Hub. Nothing here runs unless the user
-names a repository id.
+Every saved expert, fusion run and pipeline folder carries a README.md model card built with
+`huggingface_hub.ModelCard`: metadata (library, tags, base model, dataset, metrics in `model-index`) and a
+body with the class list, the hyper-parameters and how to load and predict. Nothing here touches the
+network unless the user names a repository id.
 """
 
 from __future__ import annotations
@@ -12,50 +11,69 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 
-SKIPPED_DIRS = {"checkpoints", "folds_state", "__pycache__", "logs"}
+CARD_FILE = "README.md"
+SKIPPED_DIRS = {"checkpoints", "__pycache__", "logs"}
+METRIC_NAMES = {"macro_f1": "Macro F1", "weighted_f1": "Weighted F1", "accuracy": "Accuracy"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def _files(folder: Path, prefix: str) -> list[tuple[str, Path]]:
-    return [
-        (f"{prefix}{path.relative_to(folder).as_posix()}", path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and not SKIPPED_DIRS & set(path.relative_to(folder).parts[:-1])
+def write_model_card(directory, *, title: str, summary: str, task: str, class_names: list[str],
+                     metrics: dict | None = None, base_model: str | None = None, dataset: str | None = None,
+                     tags: list[str] = (), details: dict | None = None, usage: str = "") -> Path:
+    """README.md with `model-index` metrics. `metrics`: {"macro_f1", "weighted_f1", "accuracy", "split", "rows"}."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    metrics = metrics or {}
+    dataset_name = dataset or "product catalog"
+    eval_results = [
+        EvalResult(task_type=task, dataset_type=dataset_name, dataset_name=dataset_name, metric_type=key,
+                   metric_name=name, metric_value=round(float(metrics[key]), 4), dataset_split=metrics.get("split"))
+        for key, name in METRIC_NAMES.items() if metrics.get(key) is not None
     ]
+    data = ModelCardData(
+        library_name="mmclf", tags=["mmclf", "product-classification", *tags],
+        base_model=base_model if base_model and HUB_ID.match(base_model) else None,
+        datasets=[dataset] if dataset and HUB_ID.match(dataset) else None,
+        model_name=title if eval_results else None, eval_results=eval_results or None,
+    )
+    lines = [f"# {title}", "", summary, ""]
+    if eval_results:
+        where = f"{metrics.get('split', 'evaluation')} split" + (f", {metrics['rows']:,} rows" if "rows" in metrics else "")
+        lines += [f"## Evaluation ({where})", "", "| metric | value |", "|---|---:|"]
+        lines += [f"| {r.metric_name} | {r.metric_value:.4f} |" for r in eval_results] + [""]
+    if details:
+        lines += ["## Settings", "", "```json", json.dumps(details, indent=2, default=str), "```", ""]
+    lines += [f"## Classes ({len(class_names)})", "", "index: product type code", "",
+              ", ".join(f"{i}: {name}" for i, name in enumerate(class_names)), ""]
+    if usage:
+        lines += ["## Usage", "", "```python", usage.strip(), "```", ""]
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+    path = Path(directory) / CARD_FILE
+    card.save(path)
+    return path
 
 
 def push_folder(folder, repo_id: str, *, private: bool = False, token: str | None = None,
-                commit_message: str | None = None) -> str:
-    """Upload `folder` (resolving a pipeline's references) in one commit; returns the commit URL."""
+                commit_message: str | None = None, create_pr: bool = False) -> str:
+    """Upload a self-contained folder in one commit (checkpoints and logs left out); returns the commit URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
-
-    from mmclf.predict import PIPELINE_FILE, load_pipeline
 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"nothing to push: {folder} is not a folder")
-    operations = []
-    if (folder / PIPELINE_FILE).is_file():
-        spec = load_pipeline(folder)
-        files = []
-        for name, path in spec["experts"].items():
-            files += _files(path, f"experts/{name}/")
-        for i, path in enumerate(spec["fusions"]):
-            files += _files(path, f"fusions/{i}/")
-        rewritten = {
-            "class_names": spec["class_names"],
-            "experts": {name: f"experts/{name}" for name in spec["experts"]},
-            "fusions": [f"fusions/{i}" for i in range(len(spec["fusions"]))],
-        }
-        operations.append(CommitOperationAdd(PIPELINE_FILE, json.dumps(rewritten, indent=2).encode()))
-    else:
-        files = _files(folder, "")
-    operations += [CommitOperationAdd(path_in_repo, str(path)) for path_in_repo, path in files]
+    operations = [
+        CommitOperationAdd(path.relative_to(folder).as_posix(), str(path))
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and not SKIPPED_DIRS & set(path.relative_to(folder).parts[:-1])
+    ]
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.create_commit(repo_id, operations, commit_message=commit_message or f"Upload {folder.name} with mmclf")
-    return commit.commit_url
+    commit = api.create_commit(repo_id, operations, commit_message=commit_message or f"Upload {folder.name} with mmclf",
+                               create_pr=create_pr)
+    return commit.pr_url if create_pr and commit.pr_url else commit.commit_url
 
 
 def from_pretrained_quietly(model_class, directory):
@@ -66,24 +84,20 @@ def from_pretrained_quietly(model_class, directory):
 
 
 def local_or_hub(path_or_repo_id) -> Path:
-    """A local folder as is; otherwise an `owner/name` Hub id, downloaded (cached) on demand."""
-    path = Path(path_or_repo_id)
-    if path.exists() or str(path_or_repo_id).count("/") != 1 or str(path_or_repo_id).startswith((".", "/")):
+    """A local folder as is; an `owner/name` Hub id (that is not a local path) downloaded on demand."""
+    text = str(path_or_repo_id)
+    path = Path(text)
+    if path.exists():
         return path
+    if not HUB_ID.match(text) or text.startswith((".", "~")):
+        raise FileNotFoundError(f"folder not found: {text}")
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    return Path(snapshot_download(str(path_or_repo_id)))
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("folder", help="an expert model folder, a fusion run or a pipeline folder")
-    parser.add_argument("--repo-id", required=True, help="OWNER/NAME on the Hub")
-    parser.add_argument("--private", action="store_true")
-    parser.add_argument("--token", help="Hub token (default: the logged-in one)")
-    parser.add_argument("--message", help="commit message")
-
-
-def run(args) -> int:
-    url = push_folder(args.folder, args.repo_id, private=args.private, token=args.token, commit_message=args.message)
-    print(f"pushed {args.folder} to {url}")
-    return 0
+    try:
+        return Path(snapshot_download(text))
+    except LocalEntryNotFoundError:
+        raise FileNotFoundError(f"folder not found: {text} (and no cached Hub repository {text!r}; "
+                                "the Hub is not reachable offline)") from None
+    except HfHubHTTPError as error:
+        raise FileNotFoundError(f"folder not found: {text}, and the Hub answered: {error}") from None

@@ -53,6 +53,15 @@ class ProbabilityTable:
     def name(self) -> str:
         return self.path or self.source or "<table>"
 
+    @property
+    def expert_name(self) -> str:
+        """The producing expert's name: the source up to its first '/' (an expert run writes its directory's
+        name, fold tables `NAME/folds/i`)."""
+        return self.source.split("/")[0] if self.source else Path(self.path or "table").stem
+
+    def renamed(self, source: str) -> ProbabilityTable:
+        return ProbabilityTable(self.ids, self.splits, self.labels, self.probs, self.class_names, source, self.path)
+
     def __len__(self) -> int:
         return len(self.ids)
 

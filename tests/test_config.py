@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from mmclf.config import (
+from mmclf.training.config import (
     RECIPES_DIR,
     config_differences,
     flatten,

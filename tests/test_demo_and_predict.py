@@ -1,17 +1,16 @@
 """The main job end to end on a tiny demo catalog, then the saved pipeline used as a user would."""
 
 import json
+from pathlib import Path
 from unittest import mock
 
-import numpy as np
 import pandas as pd
 import pytest
-from datasets import ClassLabel, load_from_disk
+from datasets import load_from_disk
 
+from mmclf import MultimodalPipeline
 from mmclf.cli import main
 from mmclf.demo import TABLE_ROWS, run_demo
-from mmclf.hub import push_folder
-from mmclf.predict import predict_dataset
 
 QUICK = ["training.epochs=1"]
 
@@ -31,7 +30,8 @@ def test_demo_writes_table_1_and_every_artifact(demo):
     assert all(0.0 <= report[key] <= 1.0 for key, _ in TABLE_ROWS)
     assert len(report["details"]["decision_fusion_runs"]) == 3
     assert "| Decision-level fusion (one run) |" in (out / "report.md").read_text()
-    for path in ("pipeline/pipeline.json", "evaluation/report.json", "evaluation/confusion_matrix.png",
+    for path in ("pipeline/pipeline.json", "pipeline/README.md", "pipeline/experts/image/model.safetensors",
+                 "evaluation/report.json", "evaluation/confusion_matrix.png",
                  "experts/text/probs/oof.parquet", "experts/image/model/mmclf_expert.json",
                  "fusion/feature-concat/config.json", "fusion/decision-2/fusion.json"):
         assert (out / path).is_file(), path
@@ -67,37 +67,46 @@ def test_predict_from_raw_challenge_files_matches_the_demo(demo, tmp_path):
     assert report["macro_f1"] == pytest.approx(json.loads((out / "report.json").read_text())["ensemble"], abs=1e-4)
 
 
-def test_predict_refuses_other_class_sets_and_empty_input(demo, tmp_path, capsys):
+def test_predict_refuses_empty_input_and_a_missing_images_folder_that_leaves_no_image(demo, tmp_path, capsys):
     out, _ = demo
-    test = load_from_disk(str(out / "dataset"))["test"]
-    names = test.features["label"].names
-    relabelled = test.cast_column("label", ClassLabel(names=[*names[:-1], "9999"]))
-    with pytest.raises(ValueError, match="the pipeline predicts 27 classes .* the data's labels are 27 classes"):
-        predict_dataset(out / "pipeline", relabelled)
     empty = tmp_path / "X_empty.csv"
     empty.write_text("")
     assert main(["predict", "--pipeline", str(out / "pipeline"), "--input", str(empty), "--out", str(tmp_path / "p.csv")]) == 2
     assert "X_empty.csv is empty" in capsys.readouterr().err
+    x_test = out / "catalog" / "X_test.csv"
+    assert main(["predict", "--pipeline", str(out / "pipeline"), "--input", str(x_test), "--out",
+                 str(tmp_path / "p.csv")]) == 2
+    assert "none of the 45 rows has an image (is --images missing?)" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+    assert main(["predict", "--pipeline", str(out / "pipeline"), "--input", str(x_test), "--out",
+                 str(tmp_path / "p.csv"), "--allow-missing-images"]) == 0
+    assert "predicted without an image: 45," in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 45
 
 
-def test_push_uploads_a_self_contained_pipeline(demo):
+def test_push_uploads_exactly_the_self_contained_pipeline(demo):
     out, _ = demo
+    uploaded = {}
+
+    def commit(repo_id, operations, **options):  # the files live in a temporary folder until the call returns
+        uploaded.update({op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations})
+        return mock.Mock(commit_url=f"https://huggingface.co/{repo_id}/commit/1", pr_url=None)
+
     with mock.patch("huggingface_hub.HfApi.create_repo") as create_repo, \
-            mock.patch("huggingface_hub.HfApi.create_commit") as create_commit:
-        create_commit.return_value.commit_url = "https://huggingface.co/user/demo/commit/1"
-        url = push_folder(out / "pipeline", "user/demo")
-    assert url.endswith("/commit/1")
-    create_repo.assert_called_once()
-    operations = create_commit.call_args.args[1]
-    paths = {op.path_in_repo for op in operations}
-    assert {"pipeline.json", "experts/text/mmclf_expert.json", "experts/image/mmclf_expert.json",
-            "fusions/0/fusion.json", "fusions/2/fusion.json"} <= paths
-    assert not any("checkpoints" in p for p in paths)
-    spec = json.loads(next(op for op in operations if op.path_in_repo == "pipeline.json").path_or_fileobj)
+            mock.patch("huggingface_hub.HfApi.create_commit", side_effect=commit) as create_commit:
+        assert main(["push", str(out / "pipeline"), "--repo-id", "user/demo", "--private"]) == 0
+    create_repo.assert_called_once_with("user/demo", private=True, exist_ok=True)
+    assert create_commit.call_args.kwargs["create_pr"] is False
+    on_disk = {p.relative_to(out / "pipeline").as_posix(): p.read_bytes()
+               for p in (out / "pipeline").rglob("*") if p.is_file()}
+    assert uploaded == on_disk  # the saved folder, file for file and byte for byte
+    assert {"pipeline.json", "README.md", "experts/text/mmclf_expert.json", "experts/image/model.safetensors",
+            "fusions/2/fusion.json", "fusions/2/folds/0/model.safetensors"} <= set(uploaded)
+    assert not any(p.endswith((".pkl", ".pickle", ".bin")) or "checkpoints" in p for p in uploaded)
+    spec = json.loads(uploaded["pipeline.json"])
     assert spec["experts"] == {"text": "experts/text", "image": "experts/image"}
     assert spec["fusions"] == ["fusions/0", "fusions/1", "fusions/2"]
     assert len(spec["class_names"]) == 27
-    assert np.all([op.path_or_fileobj for op in operations])
 
 
 def test_pipeline_command_assembles_a_working_pipeline(demo, tmp_path, capsys):
@@ -106,12 +115,12 @@ def test_pipeline_command_assembles_a_working_pipeline(demo, tmp_path, capsys):
     assert main(["pipeline", "--experts", f"text={out}/experts/text/model", f"image={out}/experts/image/model",
                  "--fusions", str(out / "fusion" / "decision-0"), "--out", str(target)]) == 0
     test = load_from_disk(str(out / "dataset"))["test"]
-    predicted, votes, fused = predict_dataset(target, test)
-    assert len(predicted) == len(test) and votes.max() == 1  # one fused run: one vote per row
-    assert fused.ids == test["id"][:]
+    result = MultimodalPipeline.from_pretrained(target).predict_details(test)
+    assert len(result.codes) == len(test) and result.votes.max() == 1  # one fused run: one vote per row
+    assert result.ids == test["id"][:]
     assert main(["pipeline", "--experts", "textonly", "--fusions", str(out / "fusion" / "decision-0"),
                  "--out", str(target)]) == 2
-    assert "NAME=MODEL_DIR" in capsys.readouterr().err
+    assert "NAME=PATH" in capsys.readouterr().err
 
 
 def test_feature_level_fusion_command(demo, tmp_path, capsys):

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from mmclf.cli import main
-from mmclf.ensemble import ensemble, majority_vote
+from mmclf.fusion.ensemble import ensemble, majority_vote
 from mmclf.probability_tables import ProbabilityTable, TableMismatchError
 
 CLASSES = ["10", "40", "50"]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmclf.feature_fusion import FeatureFusionModel, fit_feature_fusion
+from mmclf.fusion.feature import FeatureFusionModel, fit_feature_fusion
 
 OPTIONS = {"epochs": 15, "batch_size": 64, "lr": 0.01, "projection_size": 16}
 
@@ -49,7 +49,7 @@ def test_each_combine_mode_uses_both_modalities(data, combine, tmp_path):
                                class_names=["10", "40", "50", "60"], **OPTIONS)
     assert accuracy(model, test, y_test) > 0.9
     assert len(model.history) == OPTIONS["epochs"]
-    assert model.history[model.best_epoch - 1]["val_macro_f1"] == max(h["val_macro_f1"] for h in model.history)
+    assert model.history[model.best_epoch - 1]["eval_macro_f1"] == max(h["eval_macro_f1"] for h in model.history)
     probs = model.predict_proba(test)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     # standardisation statistics come from the training rows

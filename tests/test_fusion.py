@@ -9,7 +9,7 @@ from sklearn.metrics import f1_score
 
 from mmclf.cli import main
 from mmclf.evaluation import macro_f1
-from mmclf.fusion import FusionHead, FusionModel, fit_decision_fusion
+from mmclf.fusion.decision import FusionHead, FusionModel, fit_decision_fusion
 from mmclf.probability_tables import ProbabilityTable, TableMismatchError
 
 FAST = {"epochs": 25, "batch_size": 32, "progress": False}
@@ -47,13 +47,13 @@ def test_folds_are_stratified_and_out_of_fold_covers_every_row(trained):
     tables, model = trained
     folds = model.cv_metrics["folds"]
     assert len(model.heads) == len(folds) == 4
-    assert sum(f["heldout_rows"] for f in folds) == len(tables[0])
-    assert all(f["train_rows"] + f["heldout_rows"] == len(tables[0]) for f in folds)
+    assert sum(f["eval_rows"] for f in folds) == len(tables[0])
+    assert all(f["train_rows"] + f["eval_rows"] == len(tables[0]) for f in folds)
     assert all(1 <= f["best_epoch"] <= FAST["epochs"] for f in folds)
     assert all(len(f["history"]) == FAST["epochs"] for f in folds)
     # the kept epoch is the best one on the held-out part
     for f in folds:
-        assert f["best_macro_f1"] == max(h["heldout_macro_f1"] for h in f["history"])
+        assert f["best_eval_macro_f1"] == max(h["eval_macro_f1"] for h in f["history"])
     assert model.oof.ids == tables[0].ids
     np.testing.assert_array_equal(model.oof.labels, tables[0].labels)
     assert model.cv_metrics["oof_macro_f1"] == pytest.approx(macro_f1(model.oof.labels, model.oof.predictions()))
@@ -68,7 +68,7 @@ def test_fold_vote_tie_break_uses_mean_probability():
             head.layers[0].bias.copy_(torch.tensor(bias))
         heads.append(head)
     model = FusionModel(heads=heads, options={})
-    table = ProbabilityTable(["r"], ["test"], [-1], [[1.0, 0.0, 0.0]], ["a", "b", "c"])
+    table = ProbabilityTable(["r"], ["test"], [-1], [[1.0, 0.0, 0.0]], ["a", "b", "c"], source="x")
     winners, votes, mean_probs = model.predict([table])
     # one vote each for b and c; c has the higher mean softmax probability
     assert winners.tolist() == [2] and votes.tolist() == [1]
@@ -90,7 +90,7 @@ def test_two_layer_head_and_save_reload_identical(trained, tmp_path):
     head = model.heads[0]
     head.save_pretrained(tmp_path / "head")
     reloaded_head = FusionHead.from_pretrained(tmp_path / "head")
-    assert reloaded_head.class_names == head.class_names and reloaded_head.expert_sources == ["expert0", "expert1"]
+    assert reloaded_head.class_names == head.class_names and reloaded_head.expert_names == ["expert0", "expert1"]
     x = torch.rand(5, 12)
     with torch.no_grad():
         assert torch.equal(head(x), reloaded_head(x))
@@ -111,7 +111,7 @@ def test_refuses_mismatched_or_unlabelled_tables():
     resplit = ProbabilityTable(b.ids, ["train"] * len(b), b.labels, b.probs, b.class_names)
     with pytest.raises(TableMismatchError, match="split differs"):
         fit_decision_fusion([a, resplit], folds=2, **FAST)
-    unlabelled = [ProbabilityTable(t.ids, t.splits, [-1] * len(t), t.probs, t.class_names) for t in (a, b)]
+    unlabelled = [ProbabilityTable(t.ids, t.splits, [-1] * len(t), t.probs, t.class_names, t.source) for t in (a, b)]
     with pytest.raises(ValueError, match="no labelled rows"):
         fit_decision_fusion(unlabelled, folds=2, **FAST)
 
@@ -121,12 +121,12 @@ def test_rare_class_reduces_folds_with_warning_or_errors():
     labels = a.labels.copy()
     labels[labels == 3] = 2
     labels[[0, 1, 2]] = 3  # class 3 has exactly three rows
-    tables = [ProbabilityTable(t.ids, t.splits, labels, t.probs, t.class_names) for t in (a, b)]
+    tables = [ProbabilityTable(t.ids, t.splits, labels, t.probs, t.class_names, t.source) for t in (a, b)]
     with pytest.warns(UserWarning, match="using 3 folds instead of 8"):
         model = fit_decision_fusion(tables, folds=8, **FAST)
     assert len(model.heads) == 3 and model.options["folds_used"] == 3 and model.options["folds_requested"] == 8
     labels[[1, 2]] = 2  # now a single row of class 3
-    tables = [ProbabilityTable(t.ids, t.splits, labels, t.probs, t.class_names) for t in (a, b)]
+    tables = [ProbabilityTable(t.ids, t.splits, labels, t.probs, t.class_names, t.source) for t in (a, b)]
     with pytest.raises(ValueError, match="class '40' has a single labelled row"):
         fit_decision_fusion(tables, folds=4, **FAST)
 
@@ -147,7 +147,7 @@ def test_fuse_cli_end_to_end(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     config = json.loads((out / "fusion.json").read_text())
     assert config["folds_used"] == 3 and config["hidden_size"] == 6 and config["lr"] == 0.01
-    assert config["class_names"] == ["10", "20", "30", "40"] and config["expert_sources"] == ["expert0", "expert1"]
+    assert config["class_names"] == ["10", "20", "30", "40"] and config["expert_names"] == ["expert0", "expert1"]
     assert config["tables"] == train_paths
     for fold in range(3):
         assert (out / "folds" / str(fold) / "model.safetensors").is_file()

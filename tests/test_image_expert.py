@@ -4,15 +4,13 @@ import torch
 from _expert_fixtures import CLASS_NAMES, make_dataset_dict, save_dataset_dict
 from datasets import load_from_disk
 
-from mmclf.config import load_config
-from mmclf.image_expert import ImageClassifier, ImageExpert, count_missing_images
+from mmclf.data.listings import to_listings
+from mmclf.experts import load_expert
+from mmclf.experts.image import ImageClassifier, ImageExpert
+from mmclf.inference import expert_features, probability_table
 from mmclf.probability_tables import ProbabilityTable
-from mmclf.train import (
-    extract_features,
-    load_expert,
-    predict_probabilities,
-    train_expert,
-)
+from mmclf.training.config import load_config
+from mmclf.training.train import train_expert
 
 TINY = ["model.image_size=32", "model.resize_size=36", "training.log_with=none", "training.epochs=1",
         "training.num_workers=0", "training.batch_size=16"]
@@ -36,7 +34,7 @@ def test_save_and_reload_give_the_same_probabilities(tmp_path):
     assert isinstance(reloaded.model, ImageClassifier)
     assert reloaded.class_names == CLASS_NAMES
     assert (reloaded.model.image_size, reloaded.model.mean) == (32, [0.5, 0.5, 0.5])  # test_resnet's own mean
-    batch = ImageExpert.collate_fn([expert.encode(dataset)[i] for i in range(12)])
+    batch = expert.collate([expert.encode(dataset, train=False)[i] for i in range(12)])["inputs"]
     assert batch["pixel_values"].shape == (12, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(expert.model.eval()(batch["pixel_values"]), reloaded.model(batch["pixel_values"]),
@@ -45,9 +43,9 @@ def test_save_and_reload_give_the_same_probabilities(tmp_path):
 
 def test_missing_images_become_blank_mean_images():
     dataset = make_dataset_dict(train_rows=8, validation_rows=0, test_rows=0, missing_every=4)["train"]
-    assert count_missing_images(dataset) == 2
+    assert to_listings(dataset).counts()["without_image"] == 2
     expert = ImageExpert.build(load_config("image-tiny", TINY)["model"], CLASS_NAMES)
-    encoded = expert.encode(dataset)
+    encoded = expert.encode(dataset, train=False)
     missing = encoded[3]["pixel_values"]
     assert torch.allclose(missing, torch.zeros_like(missing), atol=0.01)  # the mean colour normalises to zero
     assert encoded[0]["pixel_values"].abs().sum() > 1
@@ -65,9 +63,10 @@ def test_image_run_learns_and_writes_tables(image_run):
     run_dir, dataset = image_run
     table = ProbabilityTable.load(run_dir / "probs" / "validation.parquet")
     assert table.ids == list(dataset["validation"]["id"]) and table.class_names == CLASS_NAMES
-    again = predict_probabilities(run_dir / "model", dataset["validation"], "validation")
+    expert = load_expert(run_dir / "model")
+    again = probability_table(expert, dataset["validation"], "validation", source="image")
     assert np.allclose(again.probs, table.probs, atol=1e-5)
-    features = extract_features(run_dir / "model", dataset["test"])
+    features = expert_features(expert, dataset["test"])
     assert features.shape == (len(dataset["test"]), load_expert(run_dir / "model").model.backbone.num_features)
 
 

@@ -2,17 +2,15 @@ import numpy as np
 import pytest
 import torch
 from _expert_fixtures import CLASS_NAMES, make_dataset_dict, save_dataset_dict
-from datasets import load_from_disk
+from datasets import DatasetDict, load_from_disk
 
-from mmclf.config import load_config
+from mmclf.cli import main
+from mmclf.experts import load_expert
+from mmclf.experts.text import TextExpert, train_tiny_tokenizer
+from mmclf.inference import expert_features, probability_table
 from mmclf.probability_tables import ProbabilityTable
-from mmclf.text_expert import TextExpert, train_tiny_tokenizer
-from mmclf.train import (
-    extract_features,
-    load_expert,
-    predict_probabilities,
-    train_expert,
-)
+from mmclf.training.config import load_config
+from mmclf.training.train import train_expert
 
 TINY = ["model.max_length=32", "model.tiny_vocab_size=300", "training.log_with=none", "training.epochs=2",
         "training.batch_size=16", "training.lr=5e-3"]
@@ -54,38 +52,42 @@ def test_reload_gives_the_same_probabilities(text_run):
     run_dir, dataset = text_run
     expert = load_expert(run_dir / "model")
     assert isinstance(expert, TextExpert)
-    assert expert.class_names == CLASS_NAMES and expert.max_length == 32
+    assert expert.class_names == CLASS_NAMES and expert.config["max_length"] == 32
     saved = ProbabilityTable.load(run_dir / "probs" / "validation.parquet")
-    again = predict_probabilities(run_dir / "model", dataset["validation"], "validation", batch_size=7)
+    again = probability_table(expert, dataset["validation"], "validation", source="run", batch_size=7)
     assert again.ids == saved.ids
     assert np.allclose(again.probs, saved.probs, atol=1e-5)
 
 
 def test_features_are_first_token_states_in_dataset_order(text_run):
     run_dir, dataset = text_run
-    features = extract_features(run_dir / "model", dataset["test"], batch_size=8)
-    assert features.shape == (len(dataset["test"]), 64)
-    subset = extract_features(run_dir / "model", dataset["test"].select([5, 2]), batch_size=8)
-    assert np.allclose(subset, features[[5, 2]], atol=1e-5)
     expert = load_expert(run_dir / "model")
-    batch = expert.collate_fn([expert.encode(dataset["test"].select([0]))[0]])
+    features = expert_features(expert, dataset["test"], batch_size=8)
+    assert features.shape == (len(dataset["test"]), 64)
+    subset = expert_features(expert, dataset["test"].select([5, 2]), batch_size=8)
+    assert np.allclose(subset, features[[5, 2]], atol=1e-5)
+    batch = expert.collate([expert.encode(dataset["test"].select([0]), train=False)[0]])["inputs"]
     hidden = expert.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     assert np.allclose(hidden.last_hidden_state[0, 0].detach().numpy(), features[0], atol=1e-5)
 
 
-def test_dataset_without_text_columns_or_with_other_classes_is_refused(text_run):
+def test_predict_expert_refuses_datasets_without_text_columns_or_with_other_classes(text_run, tmp_path, capsys):
     run_dir, dataset = text_run
-    with pytest.raises(ValueError, match=r"lacks column\(s\) \['description'\]"):
-        predict_probabilities(run_dir / "model", dataset["test"].remove_columns("description"), "test")
-    other = make_dataset_dict(train_rows=8, validation_rows=0, test_rows=0, class_names=["10", "40", "50", "60"])
-    with pytest.raises(ValueError, match=r"class names differ.*only in the dataset: \['50', '60'\]"):
-        predict_probabilities(run_dir / "model", other["train"], "train")
+    DatasetDict(test=dataset["test"].remove_columns("description")).save_to_disk(str(tmp_path / "no_description"))
+    other = make_dataset_dict(train_rows=8, validation_rows=0, test_rows=8, class_names=["10", "40", "50", "60"])
+    other.save_to_disk(str(tmp_path / "other"))
+    for name, message in (("no_description", "lacks column(s) ['description']"),
+                          ("other", "class names differ from the model's (only in the data: ['50', '60']")):
+        assert main(["predict-expert", "--model", str(run_dir / "model"), "--dataset", str(tmp_path / name),
+                     "--out", str(tmp_path / "t.parquet")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "t.parquet").exists()
 
 
 def test_unlabelled_rows_are_predicted(text_run):
     run_dir, dataset = text_run
     unlabelled = dataset["test"].map(lambda row: {"label": -1})
-    table = predict_probabilities(run_dir / "model", unlabelled, "test")
+    table = probability_table(load_expert(run_dir / "model"), unlabelled, "test", source="run")
     assert (table.labels == -1).all() and len(table) == len(dataset["test"])
 
 
@@ -93,8 +95,9 @@ def test_collate_pads_per_batch():
     dataset = make_dataset_dict(train_rows=40, validation_rows=0, test_rows=0)["train"]
     config = load_config("text-tiny", TINY)
     expert = TextExpert.build(config["model"], CLASS_NAMES, dataset)
-    encoded = expert.encode(dataset)
+    encoded = expert.encode(dataset, train=True)
     rows = [encoded[i] for i in range(4)]
-    batch = expert.collate_fn(rows)
-    assert batch["input_ids"].shape[1] == max(len(r["input_ids"]) for r in rows) <= 32
-    assert torch.equal(batch["labels"], torch.tensor(dataset["label"][:4]))
+    batch = expert.collate(rows)
+    assert batch["inputs"]["input_ids"].shape[1] == max(len(r["input_ids"]) for r in rows) <= 32
+    assert set(batch["inputs"]) == {"input_ids", "attention_mask"}  # targets never reach forward
+    assert torch.equal(batch["targets"]["labels"], torch.tensor(dataset["label"][:4]))

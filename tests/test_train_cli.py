@@ -50,7 +50,7 @@ def test_predict_expert_refuses_other_classes(cli_run, tmp_path, capsys):
     code = main(["predict-expert", "--model", str(run_dir / "model"), "--dataset", str(other), "--split", "test",
                  "--out", str(tmp_path / "t.parquet")])
     assert code == 2
-    assert "class names differ from the model's (only in the dataset: ['50']; only in the model: ['2583'])" \
+    assert "class names differ from the model's (only in the data: ['50']; only in the model: ['2583'])" \
         in capsys.readouterr().err
     assert not (tmp_path / "t.parquet").exists()
 

@@ -4,8 +4,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from mmclf import training_loop as loop
-from mmclf.config import TRAINING_DEFAULTS
+from mmclf.training import loop
+from mmclf.training.config import TRAINING_DEFAULTS
 
 
 class ToyData(torch.utils.data.Dataset):
@@ -21,7 +21,7 @@ class ToyData(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return {"features": self.features[i], "labels": self.labels[i]}
+        return {"inputs": {"features": self.features[i]}, "targets": {"labels": self.labels[i]}}
 
 
 class ToyModel(nn.Module):

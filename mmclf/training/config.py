@@ -14,7 +14,9 @@ from pathlib import Path
 
 import yaml
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
+from mmclf.experts import expert_class
+
+RECIPES_DIR = Path(__file__).parent.parent / "recipes"
 
 TRAINING_DEFAULTS = {
     "epochs": 3,
@@ -39,44 +41,17 @@ TRAINING_DEFAULTS = {
     "channels_last": False,  # image: channels-last memory format (faster convolutions on recent GPUs)
 }
 
-TEXT_MODEL_DEFAULTS = {
-    "name": "tiny",  # a Hub id (camembert-base), a local folder, or "tiny": a small encoder built offline
-    "max_length": 256,
-    "dropout": 0.1,
-    # the "tiny" encoder: a CamemBERT config of this size and a Unigram tokenizer trained on the training texts
-    "tiny_vocab_size": 4000,
-    "tiny_hidden_size": 64,
-    "tiny_layers": 2,
-    "tiny_heads": 2,
-    "tiny_intermediate_size": 128,
-}
-
-IMAGE_MODEL_DEFAULTS = {
-    "name": "resnet152",  # any timm model name
-    "pretrained": False,  # true: ImageNet weights from the Hub; or a Hub id (hf-hub:org/name)
-    "pretrained_file": None,  # a local weights file (timm pretrained_cfg_overlay=dict(file=...))
-    "image_size": 224,
-    "resize_size": 256,  # resize the shorter side to this, then crop image_size (random for training, centre for eval)
-    "rotation": 15,  # random rotation in degrees (training)
-    "hflip": 0.5,  # horizontal flip probability (training)
-    "mean": None,  # null: the timm model's pretrained config (ImageNet)
-    "std": None,
-    "drop_rate": 0.0,
-    "missing_image": "blank",  # rows without an image get a blank mean-colour image (has_image=False), never dropped
-}
-
 SCHEMA = {
-    "expert": "text",  # text | image
+    "expert": "text",  # an expert kind of mmclf.experts.KINDS: text | image | ...
     "dataset": None,  # path of a DatasetDict written by `mmclf build-dataset`
     "output_dir": None,
     "seed": 42,
     "folds": 1,  # k > 1: k stratified folds over train+validation -> probs/oof.parquet
     "predict_splits": ["validation", "test"],  # splits to write probability tables for (missing ones are skipped)
     "resume": False,  # continue from output_dir/checkpoints/last
-    "model": {},  # TEXT_MODEL_DEFAULTS or IMAGE_MODEL_DEFAULTS, by expert
+    "model": {},  # the expert kind's own keys and defaults (its `config_defaults`)
     "training": TRAINING_DEFAULTS,
 }
-MODEL_DEFAULTS = {"text": TEXT_MODEL_DEFAULTS, "image": IMAGE_MODEL_DEFAULTS}
 
 # keys that may differ when resuming a run: they do not change what is computed
 RESUME_FREE_KEYS = {"resume", "dataset", "output_dir", "training.log_with", "training.num_workers",
@@ -106,10 +81,8 @@ def read_recipe(name_or_path: str | Path) -> dict:
 
 
 def schema_for(expert: str) -> dict:
-    if expert not in MODEL_DEFAULTS:
-        raise ValueError(f"unknown expert {expert!r}; expected one of {sorted(MODEL_DEFAULTS)}")
     schema = copy.deepcopy(SCHEMA)
-    schema["model"] = copy.deepcopy(MODEL_DEFAULTS[expert])
+    schema["model"] = copy.deepcopy(expert_class(expert).config_defaults)
     return schema
 
 

@@ -9,23 +9,24 @@ on those feature matrices (one per modality, same row order):
              projections averaged with those weights;
 followed by a linear classifier (hidden_size=0) or linear -> ReLU -> linear.
 Features are standardised inside the model with the training rows' mean and standard
-deviation (stored as buffers, so a saved model standardises on its own). Training: Adam,
-cross-entropy, mini-batches, the epoch with the best validation macro-F1 is kept.
+deviation (stored as buffers, so a saved model standardises on its own). Training: the heads
+trainer of `mmclf.fusion.trainer` (Adam, cross-entropy, mini-batches, the epoch with the best
+validation macro-F1 kept), as for decision-level fusion.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmclf.evaluation import macro_f1
+from mmclf.evaluation import scores
+from mmclf.fusion.trainer import train_heads
+from mmclf.hub import write_model_card
 
 COMBINE_MODES = ("concat", "sum", "attention")
 
@@ -79,7 +80,7 @@ class FeatureFusionModel(nn.Module, PyTorchModelHubMixin, library_name="mmclf", 
         else:
             self.classifier = nn.Linear(fused_size, num_classes)
 
-    def fuse(self, features: list[torch.Tensor]) -> torch.Tensor:
+    def fuse(self, features) -> torch.Tensor:
         features = [norm(x) for norm, x in zip(self.standardize, features)]
         if self.combine == "concat":
             return torch.cat(features, dim=1)
@@ -89,7 +90,8 @@ class FeatureFusionModel(nn.Module, PyTorchModelHubMixin, library_name="mmclf", 
         weights = self.attention(torch.tanh(projected)).softmax(dim=1)  # [rows, modalities, 1]
         return (weights * projected).sum(dim=1)
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        """Logits from one feature matrix [rows, dim] per modality, in `feature_dims` order."""
         return self.classifier(self.fuse(features))
 
     def check_features(self, features, what: str = "features") -> list[np.ndarray]:
@@ -114,7 +116,7 @@ class FeatureFusionModel(nn.Module, PyTorchModelHubMixin, library_name="mmclf", 
         outputs = []
         for start in range(0, len(arrays[0]), batch_size):
             batch = [torch.from_numpy(x[start : start + batch_size]) for x in arrays]
-            outputs.append(self(batch).softmax(dim=1))
+            outputs.append(self(*batch).softmax(dim=1))
         if not outputs:
             return np.zeros((0, self.num_classes), dtype=np.float32)
         return torch.cat(outputs).numpy()
@@ -149,7 +151,7 @@ def fit_feature_fusion(
     progress: bool = False,
 ) -> FeatureFusionModel:
     """Train a feature-fusion head; the returned model has the best validation macro-F1 epoch's
-    weights and `history` (per-epoch train loss and validation macro-F1) and `best_epoch` attributes."""
+    weights and `history` (per-epoch train_loss, eval_loss, eval_macro_f1) and `best_epoch` attributes."""
     if not train_features:
         raise ValueError("no feature matrices given")
     if num_classes is None:
@@ -166,33 +168,14 @@ def fit_feature_fusion(
     y_val = check_labels(val_labels, len(val[0]), num_classes, "validation labels")
     for norm, x in zip(model.standardize, train):
         norm.fit(x)
-    x_train = [torch.from_numpy(x) for x in train]
-    x_val = [torch.from_numpy(x) for x in val]
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    best_state, best_f1, best_epoch, history = None, -1.0, 0, []
-    for epoch in tqdm(range(1, epochs + 1), desc=f"feature fusion ({combine})", disable=not progress):
-        model.train()
-        order = torch.randperm(len(y_train), generator=generator)
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            loss = F.cross_entropy(model([x[rows] for x in x_train]), y_train[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(rows)
-        model.eval()
-        with torch.no_grad():
-            predicted = model(x_val).argmax(dim=1).numpy()
-        score = macro_f1(y_val, predicted)
-        history.append({"epoch": epoch, "train_loss": total / len(order), "val_macro_f1": score})
-        if score > best_f1:
-            best_f1, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    model.eval()
-    model.history, model.best_epoch = history, best_epoch
+    rows = len(train[0])
+    inputs = tuple(torch.from_numpy(np.concatenate([x, v])) for x, v in zip(train, val))
+    labels = torch.cat([y_train, torch.from_numpy(y_val)])
+    with tqdm(total=epochs, desc=f"feature fusion ({combine})", disable=not progress) as bar:
+        result = train_heads([model], inputs, labels, [torch.arange(rows)], [torch.arange(rows, len(labels))],
+                             epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                             generator=torch.Generator().manual_seed(seed), progress=bar)[0]
+    model.history, model.best_epoch = result["history"], result["best_epoch"]
     return model
 
 
@@ -203,13 +186,17 @@ def fuse_expert_features(expert_dirs: dict, dataset_dict, out_dir, *, combine: s
     and `metrics.json` (validation and, when labelled, test macro-F1) go to `out_dir`."""
     from pathlib import Path
 
+    from mmclf.experts import load_expert
+    from mmclf.experts.base import check_class_names
+    from mmclf.inference import expert_features
     from mmclf.probability_tables import ProbabilityTable
-    from mmclf.train import extract_features
 
     out_dir = Path(out_dir)
     class_names = dataset_dict["train"].features["label"].names
-    features = {split: [extract_features(path, dataset_dict[split]) for path in expert_dirs.values()]
-                for split in dataset_dict}
+    experts = [load_expert(path) for path in expert_dirs.values()]
+    for expert, path in zip(experts, expert_dirs.values()):
+        check_class_names(class_names, expert.class_names, f"expert {path}")
+    features = {split: [expert_features(expert, dataset_dict[split]) for expert in experts] for split in dataset_dict}
     labels = {split: np.asarray(dataset_dict[split]["label"][:]) for split in dataset_dict}
     model = fit_feature_fusion(features["train"], labels["train"], features["validation"], labels["validation"],
                                combine=combine, class_names=class_names, seed=seed, **options)
@@ -221,6 +208,17 @@ def fuse_expert_features(expert_dirs: dict, dataset_dict, out_dir, *, combine: s
         ProbabilityTable(dataset_dict[split]["id"][:], [split] * len(probs), labels[split], probs, class_names,
                          source=f"feature-fusion({combine})").save(out_dir / "probs" / f"{split}.parquet")
         if (labels[split] >= 0).all():
-            metrics[f"{split}_macro_f1"] = macro_f1(labels[split], probs.argmax(axis=1))
+            metrics[split] = scores(labels[split], probs.argmax(axis=1))
+            metrics[f"{split}_macro_f1"] = metrics[split]["macro_f1"]
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    split = "test" if "test" in metrics else "validation"
+    write_model_card(out_dir, title=f"mmclf feature-level fusion ({combine}) of {', '.join(expert_dirs)}",
+                     task="multimodal-classification", class_names=class_names, tags=["feature-level-fusion"],
+                     metrics={**metrics[split], "split": split, "rows": len(labels[split])} if split in metrics else None,
+                     details={"combine": combine, "experts": metrics["experts"], "best_epoch": model.best_epoch, **options},
+                     summary="A head over the frozen experts' pooled features: the feature-level baseline that "
+                             "decision-level fusion is compared against.",
+                     usage="from mmclf.fusion.feature import FeatureFusionModel\n\n"
+                           "model = FeatureFusionModel.from_pretrained(\"path/to/this/folder\")\n"
+                           "probs = model.predict_proba([text_features, image_features])")
     return metrics

@@ -1,7 +1,9 @@
 """The one training loop of mmclf, built on Accelerate; every network (text, image, ...) trains through it.
 
-The loop is generic: it gets a model that maps a batch dict (minus "labels") to logits (or to an
-output with `.logits`), train and eval dataloaders, and the `training` section of a config. It
+The loop is generic: it gets a model, train and eval dataloaders whose batches are
+`{"inputs": {...}, "targets": {...}}` (`model(**inputs)` -> outputs), a loss of (outputs, targets), a
+function giving class logits from outputs, optimizer parameter groups, and the `training` section of a
+config; an expert supplies all of these (`mmclf.experts.base.Expert`). It
 does gradient accumulation with `accelerator.accumulate`, mixed precision from the launch config,
 clipping, AdamW/SGD with warmup-linear/cosine/step schedules, an evaluation with macro-F1 on
 gathered predictions each epoch, `save_state` checkpoints (best by validation macro-F1, and last),
@@ -33,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from mmclf import evaluation
+from mmclf.experts.base import decay_groups
 
 BEST, LAST = "best", "last"
 
@@ -138,11 +141,10 @@ def make_dataloaders(train_dataset, eval_dataset, collate_fn, training: dict, se
     return train_loader, eval_loader
 
 
-def build_optimizer(model: torch.nn.Module, training: dict) -> torch.optim.Optimizer:
-    # no weight decay on biases and normalisation weights (1-d parameters)
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": training["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+def build_optimizer(groups: list[dict], training: dict) -> torch.optim.Optimizer:
+    """AdamW or SGD over parameter groups; a group's `lr_scale` multiplies the recipe's learning rate."""
+    groups = [{**{k: v for k, v in g.items() if k != "lr_scale"}, "lr": training["lr"] * g.get("lr_scale", 1.0)}
+              for g in groups]
     if training["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=training["lr"], momentum=training["momentum"])
     return torch.optim.AdamW(groups, lr=training["lr"])
@@ -159,27 +161,24 @@ def build_scheduler(optimizer, training: dict, steps_per_epoch: int):
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
-def model_inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k != "labels"}
-
-
 def logits_of(outputs) -> torch.Tensor:
     return outputs.logits if hasattr(outputs, "logits") else outputs
 
 
-def cross_entropy(outputs, batch: dict) -> torch.Tensor:
-    return F.cross_entropy(logits_of(outputs).float(), batch["labels"])
+def cross_entropy(outputs, targets: dict) -> torch.Tensor:
+    return F.cross_entropy(logits_of(outputs).float(), targets["labels"])
 
 
 @torch.no_grad()
-def predict(accelerator: Accelerator, model, loader, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+def predict(accelerator: Accelerator, model, loader, logits_fn=logits_of, desc: str = "predict"
+            ) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels of every row of a prepared, unshuffled loader, gathered over processes in row order."""
     model.eval()
     all_logits, all_labels = [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
         with accelerator.autocast():
-            logits = logits_of(model(**model_inputs(batch)))
-        logits, labels = accelerator.gather_for_metrics((logits.contiguous(), batch["labels"]))
+            logits = logits_fn(model(**batch["inputs"]))
+        logits, labels = accelerator.gather_for_metrics((logits.contiguous(), batch["targets"]["labels"]))
         all_logits.append(logits.float().cpu())
         all_labels.append(labels.cpu())
     return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
@@ -193,12 +192,13 @@ def macro_f1(logits: np.ndarray, labels: np.ndarray) -> float:
     return evaluation.macro_f1(labels[known], logits[known].argmax(axis=1))
 
 
-def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path, accelerator: Accelerator,
-          loss_fn=cross_entropy, resume: bool = False, tracker_config: dict | None = None) -> LoopState:
+def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path, accelerator: Accelerator, *,
+          loss_fn=cross_entropy, logits_fn=logits_of, parameter_groups: list[dict] | None = None,
+          resume: bool = False, tracker_config: dict | None = None) -> LoopState:
     """Train `model`; return the loop state. On return the model holds the best checkpoint's weights."""
     checkpoints = Path(run_dir) / "checkpoints"
     steps_per_epoch = math.ceil(len(train_loader) / training["gradient_accumulation_steps"])
-    optimizer = build_optimizer(model, training)
+    optimizer = build_optimizer(parameter_groups or decay_groups(model, training["weight_decay"]), training)
     scheduler = build_scheduler(optimizer, training, steps_per_epoch)
     sampler = train_loader.sampler
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
@@ -227,7 +227,7 @@ def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path,
                         disable=not accelerator.is_local_main_process)
         for batch in progress:
             with accelerator.accumulate(model):
-                loss = loss_fn(model(**model_inputs(batch)), batch)
+                loss = loss_fn(model(**batch["inputs"]), batch["targets"])
                 accelerator.backward(loss)
                 if clip and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), clip)
@@ -239,7 +239,7 @@ def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path,
             if batches % 10 == 0:
                 progress.set_postfix(loss=f"{total_loss.item() / batches:.4f}")
 
-        logits, labels = predict(accelerator, model, eval_loader, desc="evaluate")
+        logits, labels = predict(accelerator, model, eval_loader, logits_fn, desc="evaluate")
         train_loss = accelerator.reduce(total_loss, "mean").item() / max(batches, 1)
         eval_loss = float(F.cross_entropy(torch.from_numpy(logits[labels >= 0]), torch.from_numpy(labels[labels >= 0])))
         score = macro_f1(logits, labels)

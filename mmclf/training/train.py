@@ -13,7 +13,6 @@ Run directory (`output_dir`):
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 from pathlib import Path
@@ -22,29 +21,13 @@ import numpy as np
 import yaml
 from accelerate.utils import set_seed
 
-from mmclf import training_loop as loop
-from mmclf.config import config_differences, flatten, load_config, resolve, write_config
+from mmclf.evaluation import scores
+from mmclf.experts import EXPERT_FILE, expert_class, load_expert
+from mmclf.experts.base import check_class_names, check_columns
+from mmclf.inference import expert_probabilities
 from mmclf.probability_tables import ProbabilityTable
-
-EXPERT_FILE = "mmclf_expert.json"
-EXPERTS = {"text": ("mmclf.text_expert", "TextExpert"), "image": ("mmclf.image_expert", "ImageExpert")}
-
-
-def expert_class(kind: str):
-    if kind not in EXPERTS:
-        raise ValueError(f"unknown expert kind {kind!r}; expected one of {sorted(EXPERTS)}")
-    module, name = EXPERTS[kind]
-    return getattr(importlib.import_module(module), name)
-
-
-def load_expert(model_dir):
-    """The saved text or image expert in `model_dir` (kind read from its mmclf_expert.json)."""
-    info_file = Path(model_dir) / EXPERT_FILE
-    if not info_file.is_file():
-        raise FileNotFoundError(f"{model_dir} is not a saved mmclf expert (no {EXPERT_FILE})")
-    kind = json.loads(info_file.read_text())["kind"]
-    return expert_class(kind).from_pretrained(model_dir)
-
+from mmclf.training import loop
+from mmclf.training.config import config_differences, flatten, load_config, resolve, write_config
 
 # --- input checks -------------------------------------------------------------------------------------------
 
@@ -56,29 +39,6 @@ def load_dataset_dict(path):
     if not Path(path).is_dir():
         raise FileNotFoundError(f"dataset folder not found: {path}")
     return datasets.load_from_disk(str(path))
-
-
-def check_dataset(dataset, expert_cls, where: str) -> list[str]:
-    """Raise unless `dataset` has the columns the expert needs and a ClassLabel label; return the class names."""
-    missing = [c for c in expert_cls.required_columns if c not in dataset.column_names]
-    if missing:
-        raise ValueError(f"{where} lacks column(s) {missing} needed by the {expert_cls.kind} expert; "
-                         f"it has {dataset.column_names}")
-    names = getattr(dataset.features["label"], "names", None)
-    if names is None:
-        raise ValueError(f"{where}: column 'label' must be a datasets.ClassLabel (the class order), "
-                         f"got {dataset.features['label']}")
-    return list(names)
-
-
-def check_class_names(dataset_names: list[str], model_names: list[str], where: str) -> None:
-    if dataset_names != model_names:
-        only_data = sorted(set(dataset_names) - set(model_names))
-        only_model = sorted(set(model_names) - set(dataset_names))
-        detail = (f"only in the dataset: {only_data}; only in the model: {only_model}" if only_data or only_model
-                  else "same classes in a different order")
-        raise ValueError(f"{where}: class names differ from the model's ({detail}); dataset: {dataset_names}, "
-                         f"model: {model_names}")
 
 
 # --- training -----------------------------------------------------------------------------------------------
@@ -113,13 +73,13 @@ def build_or_reload_expert(config: dict, class_names: list[str], train_dataset, 
     if state.is_main_process:
         expert = expert_cls.from_pretrained(model_dir) if reuse else expert_cls.build(
             config["model"], class_names, train_dataset)
+        expert.metadata.update(name=run_dir.name, dataset=str(config["dataset"]),
+                               recipe={"training": config["training"], "seed": config["seed"]})
         if not reuse:
             expert.save_pretrained(model_dir)
     state.wait_for_everyone()
     if not state.is_main_process:
         expert = expert_cls.from_pretrained(model_dir)
-    if config["expert"] == "image":  # the saved folder has no augmentation settings; training needs them
-        expert.rotation, expert.hflip = config["model"]["rotation"], config["model"]["hflip"]
     return expert
 
 
@@ -133,32 +93,51 @@ def fit(config: dict, train_dataset, eval_dataset, run_dir: Path, class_names: l
     training = config["training"]
     expert = build_or_reload_expert(config, class_names, train_dataset, run_dir)
     accelerator = loop.make_accelerator(training, run_dir)
-    train_encoded, eval_encoded = encode(expert, train_dataset, True), encode(expert, eval_dataset, False)
-    lengths = expert.lengths(train_encoded) if training["group_by_length"] else None
-    train_loader, eval_loader = loop.make_dataloaders(train_encoded, eval_encoded, expert.collate_fn, training,
-                                                      config["seed"], lengths, accelerator)
-    set_seed(config["seed"])
-    tracker_config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()}
-    state = loop.train(expert.model, train_loader, eval_loader, training, run_dir, accelerator,
-                       resume=config["resume"], tracker_config=tracker_config)
-    expert.model = accelerator.unwrap_model(expert.model)
+    if not expert.trains_with_loop:
+        state = fit_in_one_call(expert, train_dataset, eval_dataset, config)
+    else:
+        train_encoded, eval_encoded = encode(expert, train_dataset, True), encode(expert, eval_dataset, False)
+        lengths = expert.lengths(train_encoded) if training["group_by_length"] else None
+        train_loader, eval_loader = loop.make_dataloaders(train_encoded, eval_encoded, expert.collate, training,
+                                                          config["seed"], lengths, accelerator)
+        set_seed(config["seed"])
+        tracker_config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()}
+        state = loop.train(expert.model, train_loader, eval_loader, training, run_dir, accelerator,
+                           loss_fn=expert.loss, logits_fn=expert.logits, parameter_groups=expert.parameter_groups(training),
+                           resume=config["resume"], tracker_config=tracker_config)
+        expert.model = accelerator.unwrap_model(expert.model)
     if accelerator.is_main_process:
         expert.save_pretrained(run_dir / "model")
     accelerator.wait_for_everyone()
     return expert, state, accelerator
 
 
+def fit_in_one_call(expert, train_dataset, eval_dataset, config: dict) -> loop.LoopState:
+    """An expert without a gradient loop (e.g. TF-IDF + a linear model) fits once, on every process alike;
+    its evaluation is reported in the loop's vocabulary."""
+    set_seed(config["seed"])
+    expert.fit(train_dataset, eval_dataset)
+    labels = np.asarray(eval_dataset["label"])
+    score = loop.macro_f1(expert_probabilities(expert, eval_dataset, config["training"]["eval_batch_size"]), labels)
+    record = {"epoch": 1, "eval_macro_f1": score, "eval_rows": len(labels)}
+    loop.process_state().print(f"fitted: eval macro-F1 {score:.4f}")
+    return loop.LoopState(epoch=1, best_score=score, best_epoch=1, history=[record])
+
+
 def predict_table(accelerator, expert, dataset, split_names, batch_size: int, source: str) -> ProbabilityTable:
-    """Probabilities of every row of `dataset` (in order), computed on all processes, gathered."""
+    """Probabilities of every row of `dataset` (in order); a network's are computed on all processes and gathered."""
     import torch
 
-    encoded = encode(expert, dataset, train=False)
-    _, loader = loop.make_dataloaders(None, encoded, expert.collate_fn, {"eval_batch_size": batch_size}, 0,
-                                      accelerator=accelerator)
-    loader = accelerator.prepare_data_loader(loader)
-    expert.model.to(accelerator.device)
-    logits, _ = loop.predict(accelerator, expert.model, loader)
-    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    if expert.trains_with_loop:
+        encoded = encode(expert, dataset, train=False)
+        _, loader = loop.make_dataloaders(None, encoded, expert.collate, {"eval_batch_size": batch_size}, 0,
+                                          accelerator=accelerator)
+        loader = accelerator.prepare_data_loader(loader)
+        expert.model.to(accelerator.device)
+        logits, _ = loop.predict(accelerator, expert.model, loader, expert.logits)
+        probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    else:
+        probs = expert_probabilities(expert, dataset, batch_size)
     splits = [split_names] * len(dataset) if isinstance(split_names, str) else split_names
     return ProbabilityTable(ids=list(dataset["id"]), splits=splits, labels=np.asarray(dataset["label"]),
                             probs=probs, class_names=expert.class_names, source=source)
@@ -205,7 +184,7 @@ def train_folds(config: dict, dataset_dict, run_dir: Path, class_names: list[str
             table = predict_table(accelerator, expert, held, [origin[j] for j in held_rows],
                                   config["training"]["eval_batch_size"], source=f"{run_dir.name}/folds/{i}")
             save_table(table, held_path)
-            write_json({**summary(state), "train_rows": len(train_rows), "heldout_rows": len(held_rows)},
+            write_json({**summary(state), "train_rows": len(train_rows), "eval_rows": len(held_rows)},
                        fold_dir / "metrics.json")
             if loop.process_state().is_main_process:  # the fold is complete: its checkpoints are no longer needed
                 shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)
@@ -214,7 +193,7 @@ def train_folds(config: dict, dataset_dict, run_dir: Path, class_names: list[str
         probs[held_rows] = fold_table.probs
         fold_metrics.append({"fold": i, **json.loads((fold_dir / "metrics.json").read_text())})
     oof = ProbabilityTable(ids=list(labelled["id"]), splits=origin, labels=labels, probs=probs,
-                           class_names=class_names, source=f"{run_dir.name}/oof")
+                           class_names=class_names, source=run_dir.name)
     return oof, fold_metrics
 
 
@@ -232,9 +211,9 @@ def train_expert(config: dict) -> Path:
         if split not in dataset_dict:
             raise ValueError(f"dataset {config['dataset']} has no {split!r} split (splits: {list(dataset_dict)})")
     expert_cls = expert_class(config["expert"])
-    class_names = check_dataset(dataset_dict["train"], expert_cls, f"dataset {config['dataset']} split 'train'")
+    class_names = check_columns(dataset_dict["train"], expert_cls, f"dataset {config['dataset']} split 'train'")
     for split in dataset_dict:
-        check_class_names(check_dataset(dataset_dict[split], expert_cls, f"dataset {config['dataset']} split {split!r}"),
+        check_class_names(check_columns(dataset_dict[split], expert_cls, f"dataset {config['dataset']} split {split!r}"),
                           class_names, f"dataset {config['dataset']} split {split!r}")
     run_dir = prepare_run_dir(config)
 
@@ -255,43 +234,14 @@ def train_expert(config: dict) -> Path:
         save_table(table, run_dir / "probs" / f"{split}.parquet")
         if split == "validation":
             metrics["validation_rows"] = len(table)
+            metrics["validation"] = scores(table.labels, table.predictions())
     write_json({**summary(state), **metrics}, run_dir / "metrics.json")
+    if "validation" in metrics and accelerator.is_main_process:  # the model card gets the run's own evaluation
+        expert.metadata["metrics"] = {**metrics["validation"], "split": "validation", "rows": metrics["validation_rows"]}
+        expert.write_info(run_dir / "model")
+    accelerator.wait_for_everyone()
     accelerator.print(f"best validation macro-F1 {state.best_score:.4f} (epoch {state.best_epoch}); run in {run_dir}")
     return run_dir
-
-
-# --- prediction API -----------------------------------------------------------------------------------------
-
-def _loaded(model_dir, dataset, where: str):
-    expert = load_expert(model_dir)
-    names = check_dataset(dataset, type(expert), where)
-    check_class_names(names, expert.class_names, where)
-    return expert
-
-
-def predict_probabilities(model_dir, dataset, split: str, batch_size: int = 64) -> ProbabilityTable:
-    """Probability table of a saved expert on `dataset` (rows in dataset order, all marked `split`)."""
-    expert = _loaded(model_dir, dataset, f"dataset split {split!r}")
-    accelerator = loop.make_accelerator({"log_with": None})
-    return predict_table(accelerator, expert, dataset, split, batch_size, source=Path(model_dir).parent.name)
-
-
-def extract_features(model_dir, dataset, batch_size: int = 64) -> np.ndarray:
-    """Pooled backbone features [rows, dim] of a saved expert, in dataset order (text: first-token hidden state;
-    image: timm forward_head(forward_features(x), pre_logits=True))."""
-    import torch
-    from tqdm.auto import tqdm
-
-    expert = _loaded(model_dir, dataset, "dataset")
-    device = loop.process_state().device
-    expert.model.to(device).eval()
-    _, loader = loop.make_dataloaders(None, encode(expert, dataset, train=False), expert.collate_fn,
-                                      {"eval_batch_size": batch_size}, 0)
-    features = []
-    for batch in tqdm(loader, desc="features", leave=False):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        features.append(expert.features(batch).float().cpu())
-    return torch.cat(features).numpy()
 
 
 # --- command line -------------------------------------------------------------------------------------------
@@ -322,7 +272,12 @@ def run_predict(args) -> int:
     dataset_dict = load_dataset_dict(args.dataset)
     if args.split not in dataset_dict:
         raise ValueError(f"dataset {args.dataset} has no split {args.split!r} (splits: {list(dataset_dict)})")
-    table = predict_probabilities(args.model, dataset_dict[args.split], args.split, args.batch_size)
+    dataset = dataset_dict[args.split]
+    expert = load_expert(args.model)
+    where = f"dataset {args.dataset} split {args.split!r}"
+    check_class_names(check_columns(dataset, type(expert), where), expert.class_names, where)
+    accelerator = loop.make_accelerator({"log_with": None})
+    table = predict_table(accelerator, expert, dataset, args.split, args.batch_size, expert.metadata.get("name", ""))
     save_table(table, Path(args.out))
     loop.process_state().print(f"wrote {len(table)} rows to {args.out}")
     loop.end_processes()

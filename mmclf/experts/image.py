@@ -1,0 +1,146 @@
+"""Image expert: any timm model (ResNet152 in the paper) behind a small `nn.Module` with huggingface_hub's
+`PyTorchModelHubMixin`, so a saved folder rebuilds offline with `ImageClassifier.from_pretrained(dir)`.
+
+Weights: ImageNet from the Hub only when the recipe says `pretrained: true` (or names a Hub id), from a
+local file with `pretrained_file`, otherwise random (offline). Transforms as in the paper: training
+resizes, rotates, random-crops and flips; evaluation resizes and centre-crops.
+
+Rows without an image are kept: they get a blank image of the normalisation mean colour (so the input
+is all zeros after normalisation) and the dataset's `has_image` flag says which rows they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from PIL import Image
+from torch import nn
+from torchvision import transforms as T
+
+from mmclf.experts.base import Expert
+from mmclf.hub import from_pretrained_quietly
+
+CONFIG_DEFAULTS = {
+    "name": "resnet152",  # any timm model name
+    "pretrained": False,  # true: ImageNet weights from the Hub; or a Hub id (hf-hub:org/name)
+    "pretrained_file": None,  # a local weights file (timm pretrained_cfg_overlay=dict(file=...))
+    "image_size": 224,
+    "resize_size": 256,  # resize the shorter side to this, then crop image_size (random for training, centre for eval)
+    "rotation": 15,  # random rotation in degrees (training)
+    "hflip": 0.5,  # horizontal flip probability (training)
+    "mean": None,  # null: the timm model's pretrained config (ImageNet)
+    "std": None,
+    "drop_rate": 0.0,
+    "missing_image": "blank",  # rows without an image get a blank mean-colour image (has_image=False), never dropped
+}
+
+
+class ImageClassifier(nn.Module, PyTorchModelHubMixin, library_name="mmclf", tags=["image-classification", "timm"]):
+    def __init__(self, model_name: str, class_names: list, image_size: int = 224, resize_size: int = 256,
+                 mean: list | None = None, std: list | None = None, drop_rate: float = 0.0):
+        super().__init__()
+        self.class_names = list(class_names)
+        self.backbone = timm.create_model(model_name, pretrained=False, num_classes=len(class_names),
+                                          drop_rate=drop_rate)
+        self.image_size, self.resize_size = image_size, resize_size
+        self.mean = list(mean or self.backbone.pretrained_cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = list(std or self.backbone.pretrained_cfg.get("std", (0.229, 0.224, 0.225)))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.backbone(pixel_values)
+
+    def pooled_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_head(self.backbone.forward_features(pixel_values), pre_logits=True)
+
+
+def load_pretrained_backbone(model: ImageClassifier, config: dict) -> None:
+    """Copy ImageNet (or local-file) weights into the backbone; the classifier keeps its new shape."""
+    pretrained, weights_file = config["pretrained"], config["pretrained_file"]
+    if not pretrained and not weights_file:
+        return
+    name = pretrained if isinstance(pretrained, str) else config["name"]
+    overlay = {"file": str(weights_file)} if weights_file else None
+    if weights_file and not Path(weights_file).is_file():
+        raise FileNotFoundError(f"model.pretrained_file not found: {weights_file}")
+    source = timm.create_model(name, pretrained=True, num_classes=len(model.class_names),
+                               pretrained_cfg_overlay=overlay)
+    model.backbone.load_state_dict(source.state_dict())
+
+
+def check_image_config(config: dict) -> None:
+    if config["resize_size"] < config["image_size"]:
+        raise ValueError(f"model.resize_size ({config['resize_size']}) must be >= model.image_size "
+                         f"({config['image_size']})")
+    if config.get("missing_image", "blank") != "blank":
+        raise ValueError(f"model.missing_image must be 'blank', got {config['missing_image']!r}")
+
+
+class ImageExpert(Expert):
+    kind = "image"
+    task = "image-classification"
+    required_columns = ("id", "image", "label")
+    config_defaults = CONFIG_DEFAULTS
+
+    def __init__(self, model: ImageClassifier, config: dict, metadata: dict | None = None):
+        super().__init__(model, config, model.class_names, metadata)
+        self.transforms = {train: self.transform(train) for train in (True, False)}
+
+    @classmethod
+    def build(cls, config: dict, class_names: list[str], train_dataset=None) -> ImageExpert:
+        config = {**CONFIG_DEFAULTS, **config}
+        check_image_config(config)
+        default = timm.models.get_pretrained_cfg(config["name"])
+        mean = config["mean"] or list(getattr(default, "mean", None) or (0.485, 0.456, 0.406))
+        std = config["std"] or list(getattr(default, "std", None) or (0.229, 0.224, 0.225))
+        model = ImageClassifier(config["name"], class_names, config["image_size"], config["resize_size"],
+                                mean, std, config["drop_rate"])
+        load_pretrained_backbone(model, config)
+        return cls(model, config)
+
+    @property
+    def base_model(self) -> str | None:
+        pretrained = self.config.get("pretrained")
+        return f"timm/{self.config['name']}" if pretrained is True else (pretrained or None)
+
+    def save_model(self, directory) -> None:
+        self.model.save_pretrained(directory)
+
+    @classmethod
+    def load_model(cls, directory, config, class_names, metadata) -> ImageExpert:
+        model = from_pretrained_quietly(ImageClassifier, directory).eval()
+        config = {**config, "name": model.backbone.default_cfg.get("architecture", config.get("name")),
+                  "image_size": model.image_size, "resize_size": model.resize_size}
+        return cls(model, config, metadata)
+
+    def transform(self, train: bool):
+        m, config = self.model, self.config
+        steps = [T.Resize(m.resize_size)]
+        if train:
+            if config["rotation"]:
+                steps.append(T.RandomRotation(config["rotation"]))
+            steps += [T.RandomCrop(m.image_size), T.RandomHorizontalFlip(config["hflip"])]
+        else:
+            steps.append(T.CenterCrop(m.image_size))
+        return T.Compose(steps + [T.ToTensor(), T.Normalize(m.mean, m.std)])
+
+    def blank_image(self) -> Image.Image:
+        colour = tuple(round(255 * c) for c in self.model.mean)
+        return Image.new("RGB", (self.model.resize_size, self.model.resize_size), colour)
+
+    def encode_batch(self, batch: dict, train: bool) -> dict:
+        """Images decoded and transformed (works in DataLoader workers); rows without one get the blank image."""
+        transform = self.transforms[train]
+        images = [self.blank_image() if image is None else image.convert("RGB") for image in batch["image"]]
+        encoded = {"pixel_values": [transform(image) for image in images]}
+        if "label" in batch:
+            encoded["labels"] = batch["label"]
+        return encoded
+
+    def collate_inputs(self, rows: list[dict]) -> dict:
+        return {"pixel_values": torch.stack([row["pixel_values"] for row in rows])}
+
+    def pooled_features(self, inputs: dict) -> torch.Tensor:
+        return self.model.pooled_features(inputs["pixel_values"])

@@ -1,0 +1,137 @@
+"""Text expert: a transformers sequence classifier (CamemBERT in the paper) on the (title, description) pair.
+
+The model comes from a Hub id or a local folder (`camembert-base`, `camembert/camembert-large`, any
+encoder), or, offline, is a tiny CamemBERT built from a config with a Unigram tokenizer trained on
+the training texts (`model.name: tiny`). Texts are tokenised once per split (cached `datasets.map`) with
+truncation `longest_first` and padded per batch.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    CamembertConfig,
+    CamembertTokenizer,
+    DataCollatorWithPadding,
+)
+from transformers.utils import logging as hf_logging
+
+from mmclf.experts.base import Expert
+
+TINY_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+CONFIG_DEFAULTS = {
+    "name": "tiny",  # a Hub id (camembert-base), a local folder, or "tiny": a small encoder built offline
+    "max_length": 256,
+    "dropout": 0.1,
+    # the "tiny" encoder: a CamemBERT config of this size and a Unigram tokenizer trained on the training texts
+    "tiny_vocab_size": 4000,
+    "tiny_hidden_size": 64,
+    "tiny_layers": 2,
+    "tiny_heads": 2,
+    "tiny_intermediate_size": 128,
+}
+
+
+def train_tiny_tokenizer(texts, vocab_size: int) -> CamembertTokenizer:
+    """A CamemBERT-style (SentencePiece Unigram) tokenizer trained on `texts`, built offline."""
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=TINY_SPECIAL_TOKENS, unk_token="<unk>",
+                                      show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    vocab = [tuple(piece) for piece in json.loads(tokenizer.to_str())["model"]["vocab"]]
+    return CamembertTokenizer(vocab=vocab, additional_special_tokens=[])
+
+
+def tokenize(batch: dict, tokenizer, max_length: int) -> dict:
+    """Columns title, description (and label) -> input_ids, attention_mask (and labels)."""
+    encoded = dict(tokenizer(batch["title"], batch["description"], truncation="longest_first", max_length=max_length))
+    if "label" in batch:
+        encoded["labels"] = batch["label"]
+    return encoded
+
+
+class TextExpert(Expert):
+    kind = "text"
+    task = "text-classification"
+    required_columns = ("id", "title", "description", "label")
+    config_defaults = CONFIG_DEFAULTS
+
+    def __init__(self, model, tokenizer, config: dict, metadata: dict | None = None):
+        id2label = model.config.id2label
+        super().__init__(model, config, [id2label[i] for i in range(model.config.num_labels)], metadata)
+        self.tokenizer = tokenizer
+        self.pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    @classmethod
+    def build(cls, config: dict, class_names: list[str], train_dataset) -> TextExpert:
+        config = {**CONFIG_DEFAULTS, **config}
+        labels = {"num_labels": len(class_names), "id2label": dict(enumerate(class_names)),
+                  "label2id": {name: i for i, name in enumerate(class_names)}}
+        max_length = config["max_length"]
+        if config["name"] == "tiny":
+            texts = (f"{t} {d}" for t, d in zip(train_dataset["title"], train_dataset["description"]))
+            tokenizer = train_tiny_tokenizer(texts, config["tiny_vocab_size"])
+            model_config = CamembertConfig(
+                vocab_size=len(tokenizer), hidden_size=config["tiny_hidden_size"],
+                num_hidden_layers=config["tiny_layers"], num_attention_heads=config["tiny_heads"],
+                intermediate_size=config["tiny_intermediate_size"], max_position_embeddings=max_length + 2,
+                hidden_dropout_prob=config["dropout"], attention_probs_dropout_prob=config["dropout"],
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, **labels)
+            model = AutoModelForSequenceClassification.from_config(model_config)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(config["name"])
+            model_config = AutoConfig.from_pretrained(config["name"], **labels)
+            for key in ("hidden_dropout_prob", "classifier_dropout"):
+                if hasattr(model_config, key):
+                    setattr(model_config, key, config["dropout"])
+            model = AutoModelForSequenceClassification.from_pretrained(config["name"], config=model_config)
+        return cls(model, tokenizer, config)
+
+    @property
+    def base_model(self) -> str | None:
+        return None if self.config["name"] == "tiny" else self.config["name"]
+
+    def save_model(self, directory) -> None:
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    @classmethod
+    def load_model(cls, directory, config, class_names, metadata) -> TextExpert:
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a local load needs no "Loading weights" bar
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(directory)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        return cls(model.eval(), AutoTokenizer.from_pretrained(directory), config, metadata)
+
+    def encode_batch(self, batch: dict, train: bool) -> dict:
+        return tokenize(batch, self.tokenizer, self.config["max_length"])
+
+    def encode(self, dataset, train: bool):
+        """Tokenised once (train and evaluation encode alike); cached by `datasets` for datasets on disk."""
+        columns = [c for c in ("title", "description", "label") if c in dataset.column_names]
+        return dataset.select_columns(columns).map(
+            tokenize, batched=True, remove_columns=columns, desc="tokenize",
+            fn_kwargs={"tokenizer": self.tokenizer, "max_length": self.config["max_length"]})
+
+    def lengths(self, encoded) -> list[int]:
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def collate_inputs(self, rows: list[dict]) -> dict:
+        return dict(self.pad(rows))
+
+    def pooled_features(self, inputs: dict) -> torch.Tensor:
+        """The encoder's first-token ([CLS] / <s>) hidden state."""
+        return self.model.base_model(**inputs).last_hidden_state[:, 0]

@@ -1,0 +1,396 @@
+"""Decision-level fusion: a shallow network over the experts' concatenated class probabilities.
+
+The head is one linear layer (hidden_size=0) or linear -> ReLU -> linear with a small hidden
+layer (6 in the paper), trained with cross-entropy and Adam (lr 0.01, 40 epochs, mini-batches
+of 256 rows, reshuffled each epoch) on CPU by the heads trainer (`mmclf.fusion.trainer`).
+Training uses stratified, seeded k-fold cross-validation (k=8) over the labelled rows: each fold
+keeps the epoch with the best macro-F1 on its held-out part. At inference the k fold heads vote
+(see mmclf.fusion.ensemble for the tie-break: highest mean softmax probability of the fold heads
+among the tied classes, then the lowest class index); the fused class scores are the mean of the
+fold heads' softmax.
+
+Experts are matched by name, never by position: a fusion records the names of the experts it was
+trained on (a table's expert name is its source, the expert run directory's name, or NAME given as
+`--tables NAME=PATH`) and their class order; tables or experts given later in any order are matched
+by name, and refused with a clear error when a name is missing or the class order differs.
+
+Each training row is also predicted by the one fold head that never saw it; these out-of-fold
+fused probabilities (probs/oof.parquet) score the fusion without a leak.
+
+If the rarest labelled class has fewer rows than folds, the number of folds is reduced to that
+count with a warning (recorded as folds_used); a class with a single labelled row is an error.
+
+`mmclf fuse --tables A.parquet B.parquet --predict-tables A_test.parquet B_test.parquet --out DIR`
+writes DIR/fusion.json (every option), DIR/folds/<i>/ (save_pretrained heads), DIR/README.md,
+DIR/cv_metrics.json, DIR/probs/oof.parquet, DIR/probs/<split>.parquet and DIR/predictions.csv.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from sklearn.model_selection import StratifiedKFold
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmclf.evaluation import macro_f1, scores
+from mmclf.fusion.ensemble import majority_vote
+from mmclf.fusion.trainer import train_heads
+from mmclf.hub import from_pretrained_quietly, write_model_card
+from mmclf.probability_tables import ProbabilityTable, TableMismatchError, align_tables
+
+FUSION_FILE = "fusion.json"
+
+
+class FusionHead(nn.Module, PyTorchModelHubMixin, library_name="mmclf", tags=["mmclf", "decision-level-fusion"]):
+    """Logits over the classes from the concatenated probabilities of the experts, in `expert_names` order."""
+
+    def __init__(self, class_names: list[str], expert_names: list[str] | None = None, hidden_size: int = 0,
+                 expert_sources: list[str] | None = None):
+        super().__init__()
+        self.class_names = list(class_names)
+        # heads saved by mmclf 0.1 recorded table sources such as "text/oof": the name is the part before "/"
+        self.expert_names = list(expert_names or [s.split("/")[0] for s in expert_sources or []])
+        self.hidden_size = hidden_size
+        num_inputs = len(self.expert_names) * len(self.class_names)
+        num_classes = len(self.class_names)
+        if hidden_size > 0:
+            self.layers = nn.Sequential(
+                nn.Linear(num_inputs, hidden_size), nn.ReLU(), nn.Linear(hidden_size, num_classes)
+            )
+        else:
+            self.layers = nn.Sequential(nn.Linear(num_inputs, num_classes))
+
+    def forward(self, probs: torch.Tensor) -> torch.Tensor:
+        return self.layers(probs)
+
+
+def named_tables(tables) -> dict[str, ProbabilityTable]:
+    """{expert name: table} from a mapping or a list of tables (names from the tables); names must be unique."""
+    if isinstance(tables, dict):
+        return {name: table.renamed(name) for name, table in tables.items()}
+    named: dict[str, ProbabilityTable] = {}
+    for table in tables:
+        name = table.expert_name
+        if name in named:
+            raise TableMismatchError(
+                f"two tables come from experts named {name!r} ({named[name].name}, {table.name}); give each a "
+                f"distinct name (--tables NAME=PATH)")
+        named[name] = table
+    return named
+
+
+def check_finite(table: ProbabilityTable) -> None:
+    bad = np.flatnonzero(~np.isfinite(table.probs).all(axis=1))
+    if len(bad):
+        raise ValueError(f"{table.name}: row {bad[0]} (id {table.ids[bad[0]]!r}) has NaN or infinite probabilities")
+
+
+def choose_folds(labels: np.ndarray, class_names: list[str], folds: int) -> int:
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
+    classes, counts = np.unique(labels, return_counts=True)
+    rarest = int(counts.argmin())
+    if counts[rarest] < 2:
+        raise ValueError(
+            f"class {class_names[classes[rarest]]!r} has a single labelled row; "
+            "cross-validated fusion needs at least 2 rows per class present"
+        )
+    if counts[rarest] < folds:
+        warnings.warn(
+            f"class {class_names[classes[rarest]]!r} has only {counts[rarest]} labelled rows: "
+            f"using {counts[rarest]} folds instead of {folds}",
+            stacklevel=3,
+        )
+        return int(counts[rarest])
+    return folds
+
+
+def fusion_source(expert_names: list[str]) -> str:
+    return "fusion(" + ", ".join(expert_names) + ")"
+
+
+@dataclass
+class FusionModel:
+    heads: list[FusionHead]
+    options: dict
+    cv_metrics: dict = field(default_factory=dict)
+    oof: ProbabilityTable | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.heads[0].class_names
+
+    @property
+    def expert_names(self) -> list[str]:
+        return self.heads[0].expert_names
+
+    def check_experts(self, names_and_classes: dict[str, list[str]], where: str) -> None:
+        """Raise unless every expert this fusion needs is among `names_and_classes`, with the same class order."""
+        missing = [name for name in self.expert_names if name not in names_and_classes]
+        if missing:
+            raise TableMismatchError(f"{where}: the fusion was trained on experts {self.expert_names}; "
+                                     f"missing {missing} (given: {sorted(names_and_classes)})")
+        for name in self.expert_names:
+            if list(names_and_classes[name]) != self.class_names:
+                raise TableMismatchError(f"{where}: class order of expert {name!r} differs from the fusion's: "
+                                         f"{list(names_and_classes[name])[:5]}... vs {self.class_names[:5]}...")
+
+    def fold_probs(self, probs_by_name: dict[str, np.ndarray]) -> np.ndarray:
+        """Softmax of every fold head over rows whose expert probabilities are given by name: [folds, rows, classes]."""
+        inputs = torch.from_numpy(np.concatenate([np.asarray(probs_by_name[n], dtype=np.float32)
+                                                  for n in self.expert_names], axis=1))
+        with torch.no_grad():
+            return torch.stack([head.eval()(inputs).softmax(dim=1) for head in self.heads]).numpy()
+
+    def predict_probs(self, probs_by_name: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fold heads' majority vote -> (predicted class indices, vote counts, mean probabilities)."""
+        probs = self.fold_probs(probs_by_name)
+        mean_probs = probs.mean(axis=0)
+        winners, votes = majority_vote(probs.argmax(axis=2), len(self.class_names), mean_probs)
+        return winners, votes, mean_probs
+
+    def aligned(self, tables) -> list[ProbabilityTable]:
+        """The tables this fusion needs, matched by expert name, rows in the first one's order."""
+        named = named_tables(tables)
+        self.check_experts({name: t.class_names for name, t in named.items()}, "tables")
+        aligned = align_tables([named[name] for name in self.expert_names])
+        for table in aligned:
+            check_finite(table)
+        return aligned
+
+    def predict(self, tables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        aligned = self.aligned(tables)
+        return self.predict_probs(dict(zip(self.expert_names, (t.probs for t in aligned))))
+
+    def predict_table(self, tables) -> tuple[ProbabilityTable, np.ndarray, np.ndarray]:
+        """Like predict, with the mean probabilities as a ProbabilityTable in the first table's row order."""
+        aligned = self.aligned(tables)
+        winners, votes, mean_probs = self.predict_probs(dict(zip(self.expert_names, (t.probs for t in aligned))))
+        first = aligned[0]
+        table = ProbabilityTable(first.ids, first.splits, first.labels, mean_probs, self.class_names,
+                                 source=fusion_source(self.expert_names))
+        return table, winners, votes
+
+    def save(self, directory: str | Path, extra_options: dict | None = None, with_oof: bool = True) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for fold, head in enumerate(self.heads):
+            head.save_pretrained(directory / "folds" / str(fold))
+        options = {**self.options, **(extra_options or {}), "class_names": self.class_names,
+                   "expert_names": self.expert_names, "num_fold_heads": len(self.heads)}
+        (directory / FUSION_FILE).write_text(json.dumps(options, indent=2))
+        (directory / "cv_metrics.json").write_text(json.dumps(self.cv_metrics, indent=2))
+        if with_oof and self.oof is not None:
+            self.oof.save(directory / "probs" / "oof.parquet")
+        self.write_card(directory)
+        return directory
+
+    def write_card(self, directory: Path) -> None:
+        oof = self.cv_metrics.get("oof") or {}
+        metrics = {**oof, "split": "out-of-fold", "rows": self.options.get("num_train_rows")} if oof else None
+        settings = {k: v for k, v in self.options.items() if k not in ("class_names",)}
+        write_model_card(
+            directory, title=f"mmclf decision-level fusion of {', '.join(self.expert_names)}",
+            task="multimodal-classification", class_names=self.class_names, metrics=metrics,
+            tags=["decision-level-fusion"], details=settings,
+            summary=(f"{len(self.heads)} fold heads (hidden size {self.options.get('hidden_size', 0)}) over the class "
+                     f"probabilities of the experts {self.expert_names}, majority-voted. Metrics are out-of-fold: "
+                     "each row is scored by the fold head that never saw it."),
+            usage=("from mmclf.fusion.decision import FusionModel\n\n"
+                   "fusion = FusionModel.load(\"path/to/this/folder\")\n"
+                   "winners, votes, probs = fusion.predict_probs({name: expert_probs for name in fusion.expert_names})"),
+        )
+
+    @classmethod
+    def load(cls, directory: str | Path) -> FusionModel:
+        directory = Path(directory)
+        config_path = directory / FUSION_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"not a fusion run directory (no {FUSION_FILE}): {directory}")
+        options = json.loads(config_path.read_text())
+        heads = [from_pretrained_quietly(FusionHead, directory / "folds" / str(i))
+                 for i in range(options["num_fold_heads"])]
+        if any(head.class_names != heads[0].class_names or head.expert_names != heads[0].expert_names
+               for head in heads):
+            raise ValueError(f"{directory}: its fold heads disagree on experts or classes")
+        cv_path, oof_path = directory / "cv_metrics.json", directory / "probs" / "oof.parquet"
+        cv_metrics = json.loads(cv_path.read_text()) if cv_path.is_file() else {}
+        oof = ProbabilityTable.load(oof_path) if oof_path.is_file() else None
+        return cls(heads=heads, options=options, cv_metrics=cv_metrics, oof=oof)
+
+
+def fit_decision_fusion(
+    train_tables,
+    *,
+    folds: int = 8,
+    hidden_size: int = 0,
+    epochs: int = 40,
+    lr: float = 0.01,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+) -> FusionModel:
+    """Train k fold heads on the labelled rows of the experts' tables (a list, or {name: table}); rows with
+    label -1 are ignored."""
+    named = named_tables(train_tables)
+    if not named:
+        raise ValueError("no probability tables given")
+    names = list(named)
+    tables = align_tables(list(named.values()))
+    for table in tables:
+        check_finite(table)
+    features = np.concatenate([t.probs for t in tables], axis=1)
+    first = tables[0]
+    class_names = first.class_names
+    labelled = np.flatnonzero(first.labels >= 0)
+    if len(labelled) == 0:
+        raise ValueError(
+            f"{first.name} has no labelled rows to train fusion on (splits: {sorted(set(first.splits))})"
+        )
+    too_big = labelled[first.labels[labelled] >= len(class_names)]
+    if len(too_big):
+        raise ValueError(f"{first.name}: row {too_big[0]} has label {first.labels[too_big[0]]} outside the class list")
+    labels = first.labels[labelled]
+    x_all = torch.from_numpy(features[labelled])
+    y_all = torch.from_numpy(labels)
+    folds_used = choose_folds(labels, class_names, folds)
+    options = {"folds_requested": folds, "folds_used": folds_used, "hidden_size": hidden_size, "epochs": epochs,
+               "lr": lr, "batch_size": batch_size, "seed": seed, "optimizer": "adam", "loss": "cross_entropy",
+               "activation": "relu" if hidden_size > 0 else "none", "num_train_rows": len(labelled)}
+
+    splitter = StratifiedKFold(n_splits=folds_used, shuffle=True, random_state=seed)
+    fold_splits = [(torch.from_numpy(tr), torch.from_numpy(ho)) for tr, ho in splitter.split(np.zeros(len(labels)), labels)]
+    heads = []
+    with torch.random.fork_rng(devices=[]):
+        for fold in range(folds_used):
+            torch.manual_seed(seed * 1000 + fold)
+            heads.append(FusionHead(class_names, names, hidden_size))
+    generator = torch.Generator().manual_seed(seed)
+    with tqdm(total=epochs, desc=f"fusion ({folds_used} folds)", disable=not progress) as bar:
+        results = train_heads(heads, (x_all,), y_all, [tr for tr, _ in fold_splits], [ho for _, ho in fold_splits],
+                              epochs=epochs, lr=lr, batch_size=batch_size, generator=generator, progress=bar)
+    oof_probs = np.zeros((len(labelled), len(class_names)), dtype=np.float32)
+    fold_metrics = []
+    with torch.no_grad():
+        for fold, (head, (train_rows, heldout_rows), result) in enumerate(zip(heads, fold_splits, results)):
+            oof_probs[heldout_rows.numpy()] = head(x_all[heldout_rows]).softmax(dim=1).numpy()
+            fold_metrics.append({"fold": fold, "train_rows": len(train_rows), "eval_rows": len(heldout_rows), **result})
+
+    best = np.array([m["best_eval_macro_f1"] for m in fold_metrics])
+    cv_metrics = {
+        "folds": fold_metrics,
+        "mean_best_eval_macro_f1": float(best.mean()),
+        "std_best_eval_macro_f1": float(best.std()),
+        "oof_macro_f1": macro_f1(labels, oof_probs.argmax(axis=1)),
+        "oof": scores(labels, oof_probs.argmax(axis=1)),
+        "expert_macro_f1": {name: macro_f1(labels, t.probs[labelled].argmax(axis=1)) for name, t in zip(names, tables)},
+    }
+    oof = ProbabilityTable(
+        [first.ids[i] for i in labelled], [first.splits[i] for i in labelled], labels, oof_probs, class_names,
+        source=fusion_source(names) + " out-of-fold",
+    )
+    return FusionModel(heads=heads, options=options, cv_metrics=cv_metrics, oof=oof)
+
+
+def read_named_tables(items: list[str], option: str) -> dict[str, ProbabilityTable]:
+    """`[NAME=]PATH` items -> {expert name: table}; without NAME= the table's own expert name is used."""
+    tables = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if sep and "/" not in name and name:
+            tables.append(ProbabilityTable.load(path).renamed(name))
+        else:
+            tables.append(ProbabilityTable.load(item))
+    try:
+        return named_tables(tables)
+    except TableMismatchError as error:
+        raise TableMismatchError(f"{option}: {error}") from None
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--level", choices=["decision", "feature"], default="decision",
+                        help="decision (default): over probability tables; feature: the baseline over frozen experts' "
+                        "features (needs --experts and --dataset)")
+    parser.add_argument("--tables", nargs="+", metavar="[NAME=]PATH",
+                        help="one probability table per expert to train on: RUN/probs/oof.parquet (out-of-fold, "
+                        "recommended) or RUN/probs/validation.parquet (the paper's in-sample choice); the expert's name "
+                        "is its run directory's name unless given as NAME=PATH")
+    parser.add_argument("--predict-tables", nargs="+", default=None, metavar="[NAME=]PATH",
+                        help="one probability table per expert with the rows to predict, matched to --tables by "
+                        "expert name (any order)")
+    parser.add_argument("--out", required=True, help="fusion run directory")
+    parser.add_argument("--train-splits", nargs="+", default=None,
+                        help="splits of the tables to train on (default: every labelled row)")
+    parser.add_argument("--folds", type=int, default=8, help="cross-validation folds = fold heads that vote (default 8)")
+    parser.add_argument("--hidden-size", type=int, default=0,
+                        help="0: one linear layer; >0: linear -> ReLU -> linear with this hidden size (paper: 6)")
+    parser.add_argument("--epochs", type=int, default=40, help="epochs per fold (default 40)")
+    parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
+    parser.add_argument("--batch-size", type=int, default=256, help="rows per Adam step (default 256)")
+    parser.add_argument("--seed", type=int, default=0)
+    feature = parser.add_argument_group("feature level")
+    feature.add_argument("--experts", nargs="+", metavar="NAME=MODEL_DIR", help="saved experts (RUN/model)")
+    feature.add_argument("--dataset", help="built dataset: trained on train, selected on validation, all splits predicted")
+    feature.add_argument("--combine", choices=["concat", "sum", "attention"], default="concat")
+
+
+def run_feature_level(args) -> int:
+    from datasets import load_from_disk
+
+    from mmclf.fusion.feature import fuse_expert_features
+
+    if not args.experts or not args.dataset:
+        raise ValueError("--level feature needs --experts NAME=MODEL_DIR ... and --dataset DIR")
+    experts = dict(item.split("=", 1) for item in args.experts if "=" in item)
+    if len(experts) != len(args.experts):
+        raise ValueError(f"--experts expects NAME=MODEL_DIR items, got {args.experts}")
+    metrics = fuse_expert_features(experts, load_from_disk(args.dataset), args.out, combine=args.combine,
+                                   seed=args.seed, hidden_size=args.hidden_size)
+    summary = ", ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if k.endswith("macro_f1"))
+    print(f"feature-level fusion ({args.combine}) written to {args.out}; {summary}")
+    return 0
+
+
+def run(args) -> int:
+    if args.level == "feature":
+        return run_feature_level(args)
+    if not args.tables:
+        raise ValueError("decision-level fusion needs --tables (one probability table per expert)")
+    tables = read_named_tables(args.tables, "--tables")
+    if args.train_splits:
+        tables = {name: t.split_rows(*args.train_splits) for name, t in tables.items()}
+        first = next(iter(tables.values()))
+        if len(first) == 0:
+            raise ValueError(f"{args.tables[0]} has no rows of splits {args.train_splits}")
+    predict_tables = read_named_tables(args.predict_tables, "--predict-tables") if args.predict_tables else None
+    if predict_tables is not None and set(predict_tables) != set(tables):
+        raise TableMismatchError(f"--predict-tables come from experts {sorted(predict_tables)} but --tables from "
+                                 f"{sorted(tables)}: give one table per expert, named alike (NAME=PATH)")
+    model = fit_decision_fusion(tables, folds=args.folds, hidden_size=args.hidden_size, epochs=args.epochs,
+                                lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    out = Path(args.out)
+    cli_options = {"tables": list(args.tables), "predict_tables": args.predict_tables, "train_splits": args.train_splits}
+    model.save(out, extra_options=cli_options)
+    cv = model.cv_metrics
+    experts = ", ".join(f"{s}: {f:.4f}" for s, f in cv["expert_macro_f1"].items())
+    print(f"fusion out-of-fold macro-F1 {cv['oof_macro_f1']:.4f} (experts on the same rows: {experts}); "
+          f"mean best fold macro-F1 {cv['mean_best_eval_macro_f1']:.4f}")
+
+    if predict_tables is not None:
+        table, winners, votes = model.predict_table(predict_tables)
+        for split in dict.fromkeys(table.splits):
+            table.split_rows(split).save(out / "probs" / f"{split}.parquet")
+        pd.DataFrame({"id": table.ids, "split": table.splits,
+                      "prediction": [model.class_names[w] for w in winners], "votes": votes}
+                     ).to_csv(out / "predictions.csv", index=False)
+        print(f"predicted {len(table)} rows ({', '.join(dict.fromkeys(table.splits))}) -> {out / 'predictions.csv'}")
+    print(f"fusion run written to {out}")
+    return 0
