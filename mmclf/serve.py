@@ -20,6 +20,7 @@ import base64
 import binascii
 import io
 import threading
+import warnings
 from pathlib import Path
 
 from fastapi import FastAPI, Query, Request
@@ -98,6 +99,9 @@ def create_app(pipeline: MultimodalPipeline, *, image_root=None, max_rows: int =
     async def validation_error(request: Request, error: RequestValidationError):
         problems = []
         for item in error.errors():
+            if item["type"] == "json_invalid":
+                problems.append(f"body: not valid JSON at character {item['loc'][-1]} ({item['ctx']['error']})")
+                continue
             location = [part for part in item["loc"] if part != "body"]
             where = (f"row {location[0]}, field {'.'.join(map(str, location[1:]))}: " if len(location) > 1 and
                      isinstance(location[0], int) else f"{'.'.join(map(str, location)) or 'body'}: ")
@@ -123,7 +127,8 @@ def create_app(pipeline: MultimodalPipeline, *, image_root=None, max_rows: int =
         rows = Listings(ids=[item.id if item.id is not None else str(i) for i, item in enumerate(listings)],
                         titles=[item.title for item in listings], descriptions=[item.description for item in listings],
                         images=[decode_image(item, i, root) for i, item in enumerate(listings)])
-        with lock:
+        with lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # rows without an image are normal here; the answer counts them
             result = pipeline.predict_details(rows, batch_size)
         top = (-result.probs).argsort(axis=1)[:, :top_k]
         return {"predictions": [

@@ -7,6 +7,7 @@ from unittest import mock
 import pandas as pd
 import pytest
 from datasets import load_from_disk
+from huggingface_hub import ModelCard
 
 from mmclf import MultimodalPipeline
 from mmclf.cli import main
@@ -121,6 +122,28 @@ def test_pipeline_command_assembles_a_working_pipeline(demo, tmp_path, capsys):
     assert main(["pipeline", "--experts", "textonly", "--fusions", str(out / "fusion" / "decision-0"),
                  "--out", str(target)]) == 2
     assert "NAME=PATH" in capsys.readouterr().err
+    # the expert folders swapped under the names: refused, since each folder knows the name it was trained as
+    assert main(["pipeline", "--experts", f"image={out}/experts/text/model", f"text={out}/experts/image/model",
+                 "--fusions", str(out / "fusion" / "decision-0"), "--out", str(tmp_path / "swapped")]) == 2
+    assert "was trained as 'text' but is given as 'image'" in capsys.readouterr().err
+    assert not (tmp_path / "swapped").exists()
+
+
+def test_model_cards_carry_each_artifacts_own_evaluation(demo):
+    out, report = demo
+    card = ModelCard.load(out / "pipeline" / "README.md")
+    metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert metrics["macro_f1"] == pytest.approx(report["ensemble"], abs=1e-4)
+    assert card.data.eval_results[0].dataset_split == "test" and card.data.library_name == "mmclf"
+    expert_card = ModelCard.load(out / "experts" / "text" / "model" / "README.md")
+    validation = json.loads((out / "experts" / "text" / "metrics.json").read_text())["validation"]
+    assert {r.metric_type: r.metric_value for r in expert_card.data.eval_results} == {
+        key: round(validation[key], 4) for key in ("macro_f1", "weighted_f1", "accuracy")}
+    fusion_card = ModelCard.load(out / "fusion" / "decision-0" / "README.md")
+    oof = json.loads((out / "fusion" / "decision-0" / "cv_metrics.json").read_text())["oof"]
+    assert {r.metric_type: r.metric_value for r in fusion_card.data.eval_results}["macro_f1"] == round(
+        oof["macro_f1"], 4)
+    assert ModelCard.load(out / "fusion" / "feature-concat" / "README.md").data.eval_results[0].dataset_split == "test"
 
 
 def test_feature_level_fusion_command(demo, tmp_path, capsys):

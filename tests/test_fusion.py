@@ -177,3 +177,31 @@ def test_fuse_cli_train_splits_and_mismatch_errors(tmp_path, capsys):
     assert code == 2 and "no rows of splits ['train']" in capsys.readouterr().err
     code = main(["fuse", "--tables", str(tmp_path / "missing.parquet"), "--out", str(tmp_path)])
     assert code == 2 and "not found" in capsys.readouterr().err
+
+
+def test_predict_tables_in_another_order_are_matched_by_name(tmp_path, capsys):
+    train = half_expert_tables(80, 4, seed=0)
+    test = half_expert_tables(30, 4, seed=1, split="test", id_prefix="t")
+    paths = {}
+    for name, tables in (("train", train), ("test", test)):
+        for i, table in enumerate(tables):
+            paths[name, i] = str(table.save(tmp_path / f"{name}{i}.parquet"))
+    common = ["--tables", paths["train", 0], paths["train", 1], "--folds", "3", "--epochs", "5", "--seed", "1"]
+    assert main(["fuse", *common, "--predict-tables", paths["test", 0], paths["test", 1], "--out",
+                 str(tmp_path / "same")]) == 0
+    assert main(["fuse", *common, "--predict-tables", paths["test", 1], paths["test", 0], "--out",
+                 str(tmp_path / "swapped")]) == 0
+    same = pd.read_csv(tmp_path / "same" / "predictions.csv")
+    assert same.equals(pd.read_csv(tmp_path / "swapped" / "predictions.csv"))
+    capsys.readouterr()
+    # names that cannot be matched: refused, nothing predicted
+    assert main(["fuse", *common, "--predict-tables", paths["test", 0], f"other={paths['test', 1]}", "--out",
+                 str(tmp_path / "bad")]) == 2
+    assert "--predict-tables come from experts ['expert0', 'other'] but --tables from ['expert0', 'expert1']" \
+        in capsys.readouterr().err
+    # two tables of experts with the same name must be named apart
+    assert main(["fuse", "--tables", paths["train", 0], paths["train", 0], "--out", str(tmp_path / "dup")]) == 2
+    assert "two tables come from experts named 'expert0'" in capsys.readouterr().err
+    assert main(["fuse", "--tables", f"a={paths['train', 0]}", f"b={paths['train', 1]}", "--folds", "3", "--epochs",
+                 "2", "--out", str(tmp_path / "named")]) == 0
+    assert json.loads((tmp_path / "named" / "fusion.json").read_text())["expert_names"] == ["a", "b"]

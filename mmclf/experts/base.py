@@ -152,11 +152,9 @@ class Expert:
         return self
 
     def _inputs(self, batch: dict) -> dict:
-        from accelerate.utils import send_to_device
-
         encoded = self.encode_batch({k: v for k, v in batch.items() if k != "label"}, train=False)
         rows = [dict(zip(encoded, values)) for values in zip(*encoded.values())]
-        return send_to_device(self.collate(rows)["inputs"], self.device)
+        return {name: tensor.to(self.device) for name, tensor in self.collate(rows)["inputs"].items()}
 
     @torch.no_grad()
     def predict_batch(self, batch: dict) -> np.ndarray:
