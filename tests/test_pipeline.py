@@ -36,7 +36,7 @@ def image_path(row) -> Path:
     return FIXTURE / "images" / f"image_{row['imageid']}_product_{row['productid']}.jpg"
 
 
-def test_pipeline_saved_by_version_0_1_predicts_as_it_did(pipeline, raw, tmp_path):
+def test_pipeline_saved_by_version_0_1_predicts_as_it_did(pipeline, raw, tmp_path, capsys):
     result = pipeline.predict_details(raw, images_dir=FIXTURE / "images")
     assert result.ids == EXPECTED["ids"]
     assert result.codes == EXPECTED["predictions"]
@@ -45,6 +45,8 @@ def test_pipeline_saved_by_version_0_1_predicts_as_it_did(pipeline, raw, tmp_pat
     # the command line takes the same path
     assert main(["predict", "--pipeline", str(FIXTURE / "pipeline"), "--input", str(FIXTURE / "X_test.csv"),
                  "--images", str(FIXTURE / "images"), "--out", str(tmp_path / "sub.csv")]) == 0
+    assert ("wrote 12 predictions to" in (printed := capsys.readouterr().out) and "(one per input row); predicted "
+            "without an image: 3, without a description: 4, with an empty title: 0" in printed)
     submission = pd.read_csv(tmp_path / "sub.csv", dtype=str)
     assert submission["Unnamed: 0"].tolist() == EXPECTED["ids"]
     assert submission["prdtypecode"].tolist() == EXPECTED["predictions"]

@@ -63,7 +63,7 @@ def prepare_run_dir(config: dict) -> Path:
     return run_dir
 
 
-def build_or_reload_expert(config: dict, class_names: list[str], train_dataset, run_dir: Path):
+def build_or_reload_expert(config: dict, class_names: list[str], train_dataset, run_dir: Path, name: str):
     """Main process builds the expert (e.g. trains the tiny tokenizer) and saves it; the others load that copy,
     so every process, and a resumed run, uses the same tokenizer."""
     state, model_dir = loop.process_state(), run_dir / "model"
@@ -73,7 +73,7 @@ def build_or_reload_expert(config: dict, class_names: list[str], train_dataset, 
     if state.is_main_process:
         expert = expert_cls.from_pretrained(model_dir) if reuse else expert_cls.build(
             config["model"], class_names, train_dataset)
-        expert.metadata.update(name=run_dir.name, dataset=str(config["dataset"]),
+        expert.metadata.update(name=name, dataset=str(config["dataset"]),
                                recipe={"training": config["training"], "seed": config["seed"]})
         if not reuse:
             expert.save_pretrained(model_dir)
@@ -88,10 +88,11 @@ def encode(expert, dataset, train: bool):
         return expert.encode(dataset, train=train)
 
 
-def fit(config: dict, train_dataset, eval_dataset, run_dir: Path, class_names: list[str]):
-    """Train one expert on train_dataset, selecting the best epoch on eval_dataset. Returns (expert, state, acc)."""
+def fit(config: dict, train_dataset, eval_dataset, run_dir: Path, class_names: list[str], name: str | None = None):
+    """Train one expert on train_dataset, selecting the best epoch on eval_dataset. Returns (expert, state, acc).
+    `name`: the expert's name (its probability tables' source; default: the run directory's name)."""
     training = config["training"]
-    expert = build_or_reload_expert(config, class_names, train_dataset, run_dir)
+    expert = build_or_reload_expert(config, class_names, train_dataset, run_dir, name or run_dir.name)
     accelerator = loop.make_accelerator(training, run_dir)
     if not expert.trains_with_loop:
         state = fit_in_one_call(expert, train_dataset, eval_dataset, config)
@@ -180,7 +181,8 @@ def train_folds(config: dict, dataset_dict, run_dir: Path, class_names: list[str
             loop.process_state().print(f"fold {i + 1}/{k}: {len(train_rows)} training rows, {len(held_rows)} held out")
             prepare_run_dir(fold_config)
             held = labelled.select(held_rows)
-            expert, state, accelerator = fit(fold_config, labelled.select(train_rows), held, fold_dir, class_names)
+            expert, state, accelerator = fit(fold_config, labelled.select(train_rows), held, fold_dir, class_names,
+                                             name=run_dir.name)
             table = predict_table(accelerator, expert, held, [origin[j] for j in held_rows],
                                   config["training"]["eval_batch_size"], source=f"{run_dir.name}/folds/{i}")
             save_table(table, held_path)
