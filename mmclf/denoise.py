@@ -53,7 +53,7 @@ DENOISE_DEFAULTS = {
     "rank_by": "normalized_margin",  # return_indices_ranked_by: normalized_margin | self_confidence | ...
     "cut": {
         "percent": 10.0,  # how much to remove: this percentage of ...
-        "of": "flagged",  # ... the flagged list (the paper) | all: all ranked rows of the cleaned splits
+        "of": "flagged",  # ... the flagged list (the paper) | all: all ranked rows of the cleaned splits, by score
     },
     "splits": ["train", "validation"],  # splits rows are removed from
     "datalab": {
@@ -97,15 +97,16 @@ def check_denoise_config(config: dict) -> None:
 
 @dataclass
 class Ranking:
-    order: np.ndarray  # row indices: the flagged rows by score, then the other rows by score
+    flagged_order: np.ndarray  # cleanlab's flagged rows, most suspected first (ranked by `rank_by`)
+    order: np.ndarray  # every row, lowest label quality first
     flagged: np.ndarray  # bool per row
-    scores: np.ndarray  # cleanlab label quality per row (0: surely mislabelled, 1: surely right)
+    scores: np.ndarray  # cleanlab's label quality per row (0: surely mislabelled, 1: surely right)
     warnings: list[str]
 
 
 def rank_label_issues(labels: np.ndarray, probs: np.ndarray, filter_by: str = "prune_by_noise_rate",
                       rank_by: str = "normalized_margin", class_names: list[str] | None = None) -> Ranking:
-    """cleanlab's flagged rows ranked by `rank_by`, followed by the unflagged rows in the same score order.
+    """cleanlab's flagged rows ranked by `rank_by`, and every row ordered by the same label quality score.
     cleanlab's warnings are recorded, with class indices named by their codes."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
@@ -120,10 +121,9 @@ def rank_label_issues(labels: np.ndarray, probs: np.ndarray, filter_by: str = "p
     scores = get_label_quality_scores(labels, probs, method=rank_by)
     flagged = np.zeros(len(labels), dtype=bool)
     flagged[flagged_order] = True
-    rest = np.flatnonzero(~flagged)
-    order = np.concatenate([flagged_order, rest[np.argsort(scores[rest], kind="stable")]]).astype(np.int64)
     messages = sorted({name_classes(str(w.message), class_names) for w in caught})
-    return Ranking(order=order, flagged=flagged, scores=scores, warnings=messages)
+    return Ranking(flagged_order=np.asarray(flagged_order, dtype=np.int64), order=np.argsort(scores, kind="stable"),
+                   flagged=flagged, scores=scores, warnings=messages)
 
 
 def name_classes(message: str, class_names: list[str] | None) -> str:
@@ -134,13 +134,12 @@ def name_classes(message: str, class_names: list[str] | None) -> str:
                   if int(m[1]) < len(class_names) else m[0], message)
 
 
-def choose_cut(order: np.ndarray, flagged: np.ndarray, eligible: np.ndarray, percent: float, of: str) -> np.ndarray:
-    """Bool per row: the top `percent` % of the ranking's eligible rows, counted over the flagged ones
-    (of='flagged') or over all of them (of='all'; past the flagged list it goes on in score order)."""
+def choose_cut(ranking: Ranking, eligible: np.ndarray, percent: float, of: str) -> np.ndarray:
+    """Bool per row: the top `percent` % of the eligible rows of cleanlab's flagged list (of='flagged', the
+    paper's cut), or of all eligible rows by label quality (of='all', flagged or not)."""
+    order = ranking.flagged_order if of == "flagged" else ranking.order
     order = order[eligible[order]]
-    if of == "flagged":
-        order = order[flagged[order]]
-    removed = np.zeros(len(flagged), dtype=bool)
+    removed = np.zeros(len(eligible), dtype=bool)
     removed[order[: round(len(order) * percent / 100)]] = True
     return removed
 
@@ -264,8 +263,8 @@ def draw_contact_sheet(cards: pd.DataFrame, dataset_dict, path: Path, title: str
 
     columns = max(1, min(columns, len(cards)))
     grid_rows = max(1, -(-len(cards) // columns))
-    width = max(2.1 * columns, 6.0)
-    figure = Figure(figsize=(width, 2.75 * grid_rows + 0.8))
+    width, height = max(2.1 * columns, 6.0), 2.75 * grid_rows + 0.8
+    figure = Figure(figsize=(width, height))
     FigureCanvasAgg(figure)
     figure.suptitle(textwrap.fill(title, int(width * 9)), fontsize=11)
     for n in range(grid_rows * columns):
@@ -287,7 +286,7 @@ def draw_contact_sheet(cards: pd.DataFrame, dataset_dict, path: Path, title: str
         ax.set_title(f"#{card['rank']}  {card['id']} ({card['split']})\n"
                      f"given {card['given_code']} \u2192 {card['suggested_code']} (p {card['p_suggested']:.2f})",
                      fontsize=7.5, color="#b00020")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.7 / height))  # room for the title
     figure.savefig(path, dpi=90)
     return path
 
@@ -320,16 +319,17 @@ def write_report(path: Path, summary: dict, rows: pd.DataFrame, class_names: lis
     s = summary
     flagged = rows[rows["flagged"]].sort_values("rank")
     pairs = flagged.groupby(["given_code", "suggested_code"]).size().sort_values(ascending=False).head(10)
+    source = (f"probabilities `{s['probabilities']}` ({s['source']})" if s["given_probabilities"]
+              else f"{s['expert']} expert, {s['folds']} folds")
     cut_base = "flagged list" if s["cut_of"] == "flagged" else "ranked rows"
     removed_by_split = ", ".join(f"{split} {n}" for split, n in s["removed_by_split"].items())
-    past_flagged = f"; {s['removed_unflagged']} of them past the flagged list" if s["removed_unflagged"] else ""
+    not_flagged = f"; {s['removed_unflagged']} of them not flagged" if s["removed_unflagged"] else ""
     sizes = ", ".join(f"{split} {s['rows_before'][split]} \u2192 {n}" for split, n in s["rows_after"].items())
     lines = [
         "# Label-noise report",
         "",
-        (f"Dataset `{s['dataset']}`, {s['expert']} expert, {s['folds']} folds: out-of-fold macro-F1 "
-         f"{s['oof_macro_f1']:.4f}, accuracy {s['oof_accuracy']:.4f} over {s['labelled_rows']} train and validation "
-         "rows."),
+        (f"Dataset `{s['dataset']}`, {source}: out-of-fold macro-F1 {s['oof_macro_f1']:.4f}, accuracy "
+         f"{s['oof_accuracy']:.4f} over {s['labelled_rows']} train and validation rows."),
         "",
         (f"`cleanlab.filter.find_label_issues(filter_by='{s['filter_by']}', "
          f"return_indices_ranked_by='{s['rank_by']}')` flagged **{s['flagged']}** of {s['ranked_rows']} ranked rows "
@@ -341,7 +341,7 @@ def write_report(path: Path, summary: dict, rows: pd.DataFrame, class_names: lis
     lines += [
         "",
         (f"Cut: {s['cut_percent']:g} % of the {cut_base} in {', '.join(s['cut_splits'])}: "
-         f"**{s['removed_label_issues']}** rows removed ({removed_by_split}{past_flagged})."),
+         f"**{s['removed_label_issues']}** rows removed ({removed_by_split}{not_flagged})."),
         f"Cleaned dataset `dataset/` (rows): {sizes}.",
         "",
         "## cleanlab warnings",
@@ -350,8 +350,8 @@ def write_report(path: Path, summary: dict, rows: pd.DataFrame, class_names: lis
         "",
         "## Top suspected rows",
         "",
-        ("Score: cleanlab's label quality (0: surely mislabelled, 1: surely right). Every flagged row is in "
-         "`label_issues.csv`."),
+        (f"Score: cleanlab's label quality by {s['rank_by']} (0: surely mislabelled, 1: surely right); rank: the "
+         "row's place among all ranked rows by that score. Every flagged row is in `label_issues.csv`."),
         "",
         "![contact sheet](contact_sheet.png)",
         "",
@@ -444,8 +444,9 @@ def denoise(config: dict) -> Path:
 
 
 def add_ranking(rows: pd.DataFrame, oof: ProbabilityTable, section: dict, class_names: list[str]) -> Ranking:
-    """Rank the judged train and validation rows; adds the columns flagged, score, rank (1: most suspected, 0: not
-    ranked), suggested_code, p_given and p_suggested to `rows`. Returns the ranking in row numbers of `rows`."""
+    """Rank the judged train and validation rows; adds the columns flagged, score, rank (1: lowest label quality,
+    0: not ranked), suggested_code, p_given and p_suggested to `rows`. Returns the ranking in row numbers of
+    `rows`."""
     labelled = rows.index[rows["split"].isin(LABELLED_SPLITS)].to_numpy()
     judged = rows.loc[labelled, "judged"].to_numpy()
     ranked = labelled[judged]
@@ -460,8 +461,8 @@ def add_ranking(rows: pd.DataFrame, oof: ProbabilityTable, section: dict, class_
     rows.loc[labelled, "suggested_code"] = [class_names[i] for i in suggested]
     rows.loc[labelled, "p_given"] = oof.probs[np.arange(len(oof)), oof.labels]
     rows.loc[labelled, "p_suggested"] = oof.probs[np.arange(len(oof)), suggested]
-    return Ranking(order=ranked[ranking.order], flagged=rows["flagged"].to_numpy(), scores=rows["score"].to_numpy(),
-                   warnings=ranking.warnings)
+    return Ranking(flagged_order=ranked[ranking.flagged_order], order=ranked[ranking.order],
+                   flagged=rows["flagged"].to_numpy(), scores=rows["score"].to_numpy(), warnings=ranking.warnings)
 
 
 def rank_and_write(config: dict, dataset_dict, class_names: list[str], out: Path, oof_path: Path) -> dict:
@@ -470,8 +471,8 @@ def rank_and_write(config: dict, dataset_dict, class_names: list[str], out: Path
     oof = aligned_probabilities(oof_path, rows, class_names, config["dataset"])
     ranking = add_ranking(rows, oof, section, class_names)
     in_cut_splits = rows["split"].isin(section["splits"]).to_numpy()
-    cut = choose_cut(ranking.order, ranking.flagged, in_cut_splits & rows["judged"].to_numpy(),
-                     section["cut"]["percent"], section["cut"]["of"])
+    cut = choose_cut(ranking, in_cut_splits & rows["judged"].to_numpy(), section["cut"]["percent"],
+                     section["cut"]["of"])
 
     data_issues = datalab_issues(config, dataset_dict, rows, out)
     duplicates_removed = np.zeros(len(rows), dtype=bool)
@@ -487,7 +488,8 @@ def rank_and_write(config: dict, dataset_dict, class_names: list[str], out: Path
 
     summary = {
         "dataset": str(config["dataset"]), "expert": config["expert"], "folds": int(config["folds"]),
-        "probabilities": str(oof_path), "filter_by": section["filter_by"], "rank_by": section["rank_by"],
+        "probabilities": str(oof_path), "given_probabilities": bool(section["probabilities"]), "source": oof.source,
+        "filter_by": section["filter_by"], "rank_by": section["rank_by"],
         "oof_macro_f1": loop.macro_f1(oof.probs, oof.labels),
         "oof_accuracy": float((oof.probs.argmax(axis=1) == oof.labels).mean()),
         "labelled_rows": len(oof), "ranked_rows": len(ranking.order), "unjudged_rows": len(oof) - len(ranking.order),
@@ -515,6 +517,8 @@ def rank_and_write(config: dict, dataset_dict, class_names: list[str], out: Path
         f"flagged {summary['flagged']} of {summary['ranked_rows']} rows, removed {int(rows['removed'].sum())}; "
         f"{summary['near_duplicate_sets']} near-duplicate sets, {summary['outliers']} outliers; report in "
         f"{out / 'report.md'}")
+    for warning in ranking.warnings:
+        loop.process_state().print(f"cleanlab warned: {warning}")
     return summary
 
 

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -44,32 +45,32 @@ def test_ranking_finds_flipped_labels_at_both_cuts():
     given, probs, flipped = noisy_predictions()
     ranking = rank_label_issues(given, probs, "prune_by_noise_rate", "normalized_margin")
     everyone = np.ones(len(given), dtype=bool)
-    assert ranking.order.tolist() != list(range(len(given))) and sorted(ranking.order) == list(range(len(given)))
-    flagged_order = ranking.order[: ranking.flagged.sum()]
-    assert ranking.flagged[flagged_order].all() and np.all(np.diff(ranking.scores[flagged_order]) >= 0)
+    assert sorted(ranking.order) == list(range(len(given))) and np.all(np.diff(ranking.scores[ranking.order]) >= 0)
+    assert sorted(ranking.flagged_order) == np.flatnonzero(ranking.flagged).tolist()
+    assert np.all(np.diff(ranking.scores[ranking.flagged_order]) >= 0)
 
-    paper = choose_cut(ranking.order, ranking.flagged, everyone, 10, "flagged")
-    assert paper.sum() == round(0.1 * ranking.flagged.sum())
+    paper = choose_cut(ranking, everyone, 10, "flagged")
+    assert paper.sum() == round(0.1 * ranking.flagged.sum()) and ranking.flagged[paper].all()
     precision, recall = precision_recall(paper, flipped)
     assert precision >= 0.97 and recall == pytest.approx(paper.sum() * precision / len(flipped))
 
-    tenth = choose_cut(ranking.order, ranking.flagged, everyone, 10, "all")
+    tenth = choose_cut(ranking, everyone, 10, "all")
     assert tenth.sum() == 300
     precision, recall = precision_recall(tenth, flipped)
     assert precision >= 0.8 and recall >= 0.8
 
     only_first_half = np.arange(len(given)) < 1500
-    half = choose_cut(ranking.order, ranking.flagged, only_first_half, 10, "all")
+    half = choose_cut(ranking, only_first_half, 10, "all")
     assert half.sum() == 150 and not half[1500:].any()
 
 
-def test_a_cut_past_the_flagged_list_goes_on_in_score_order():
+def test_a_cut_of_all_rows_takes_the_lowest_scores_flagged_or_not():
     given, probs, _ = noisy_predictions(rows=600, flip_fraction=0.02)
-    ranking = rank_label_issues(given, probs)
-    removed = choose_cut(ranking.order, ranking.flagged, np.ones(600, dtype=bool), 30, "all")
-    assert removed.sum() == 180 and removed[ranking.flagged].all()
-    extra = removed & ~ranking.flagged
-    assert ranking.scores[extra].max() <= ranking.scores[~removed & ~ranking.flagged].min()
+    ranking = rank_label_issues(given, probs, rank_by="self_confidence")
+    removed = choose_cut(ranking, np.ones(600, dtype=bool), 30, "all")
+    assert removed.sum() == 180 and (removed & ~ranking.flagged).any()
+    assert ranking.scores[removed].max() <= ranking.scores[~removed].min()
+    assert np.allclose(ranking.scores, probs[np.arange(600), given] / probs.sum(axis=1), atol=1e-6)
 
 
 def test_cleanlab_warnings_name_the_class_code():
@@ -181,7 +182,7 @@ def test_denoise_writes_issues_cleaned_dataset_and_report(denoised):
     assert summary["unjudged_rows"] == len(unjudged) and not set(issues["id"]) & unjudged
     assert summary["ranked_rows"] == len(oof) - len(unjudged)
     assert len(issues) == summary["flagged"] > 0 and issues["flagged"].all()
-    assert issues["rank"].tolist() == list(range(1, len(issues) + 1))
+    assert issues["rank"].is_monotonic_increasing and issues["rank"].is_unique and issues["rank"].min() >= 1
     assert issues["removed"].sum() == summary["removed_label_issues"] == round(0.5 * len(issues))
     assert issues["removed"].tolist() == [True] * issues["removed"].sum() + [False] * (~issues["removed"]).sum()
     assert set(issues["suggested_code"]) <= set(CLASS_NAMES) and (issues["given_code"] != issues["suggested_code"]).any()
@@ -222,10 +223,11 @@ def test_rerun_reranks_without_training_and_gives_the_same_ranking(denoised, mon
                  "denoise.cut.of=all", "denoise.cut.percent=5"]) == 0
     after = pd.read_csv(out / "label_issues.csv")
     columns = ["rank", "id", "score"]
-    assert after.loc[after["flagged"], columns].equals(before[columns])
+    assert after.loc[after["flagged"], columns].reset_index(drop=True).equals(before[columns])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["removed_label_issues"] == after["removed"].sum() == round(0.05 * summary["ranked_rows"])
-    assert after["removed"].all() and summary["removed_unflagged"] == (~after["flagged"]).sum() == 6 - len(before)
+    assert summary["removed_unflagged"] == (after["removed"] & ~after["flagged"]).sum() > 0
+    assert after.loc[after["removed"], "score"].max() <= after.loc[~after["removed"], "score"].min()
     assert summary["removed_duplicates"] == 0
 
     # an out-of-fold table given by path is ranked the same way, into another folder
@@ -248,3 +250,34 @@ def test_probabilities_of_other_rows_are_an_error(denoised, tmp_path, capsys):
                  f"denoise.probabilities={out / 'probs' / 'oof.parquet'}"]) == 2
     error = capsys.readouterr().err
     assert "sample ids differ" in error and "1 only in the second (e.g. ['va_copy_of_tr5'])" in error
+
+
+def test_interrupted_folds_continue_with_resume(denoised, tmp_path, capsys):
+    _, dataset_dir, out = denoised
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (copy / "probs" / "oof.parquet").unlink()
+    shutil.rmtree(copy / "folds" / "1")  # stopped before fold 1
+    kept = (copy / "folds" / "0" / "probs" / "heldout.parquet").stat().st_mtime_ns
+    args = ["denoise", "--config", "denoise-tiny", f"dataset={dataset_dir}", f"output_dir={copy}", *TINY]
+    assert main(args) == 2
+    assert "holds unfinished folds; pass --resume" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0
+    assert (copy / "folds" / "0" / "probs" / "heldout.parquet").stat().st_mtime_ns == kept
+    before, after = ProbabilityTable.load(out / "probs" / "oof.parquet"), ProbabilityTable.load(copy / "probs" / "oof.parquet")
+    assert after.ids == before.ids and np.allclose(after.probs, before.probs, atol=1e-5)
+
+
+def test_a_text_expert_recipe_denoises_every_row(tmp_path):
+    dataset_dir = tmp_path / "ds"
+    planted_dataset_dict().save_to_disk(str(dataset_dir))
+    out = tmp_path / "out"
+    assert main(["denoise", "--config", "text-tiny", f"dataset={dataset_dir}", f"output_dir={out}", "folds=2",
+                 "model.max_length=24", "model.tiny_vocab_size=200", "training.epochs=2", "training.batch_size=20",
+                 "training.log_with=none", "denoise.cut.of=all"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["expert"] == "text" and summary["unjudged_rows"] == 0 and summary["ranked_rows"] == 129
+    assert summary["removed_label_issues"] == round(0.1 * 129)
+    near = pd.read_csv(out / "near_duplicates.csv")
+    set_of = dict(zip(near["id"], near["set"]))
+    assert all(copy in set_of and set_of[copy] == set_of[source] for copy, (_, source) in COPIES.items())
