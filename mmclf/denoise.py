@@ -45,7 +45,7 @@ from mmclf.inference import expert_features
 from mmclf.probability_tables import ProbabilityTable, align_tables
 from mmclf.training import loop
 from mmclf.training.config import config_differences, flatten, load_config, resolve, write_config
-from mmclf.training.train import load_checked_dataset, save_table, train_folds
+from mmclf.training.train import fold_splits, load_checked_dataset, save_table, train_folds
 
 DENOISE_DEFAULTS = {
     "probabilities": None,  # an existing out-of-fold table to rank (RUN/probs/oof.parquet of `mmclf train folds=k`)
@@ -278,7 +278,7 @@ def draw_contact_sheet(cards: pd.DataFrame, dataset_dict, path: Path, title: str
         image = dataset_dict[card["split"]][int(card["position"])].get("image")
         if image is not None:
             ax.imshow(image.convert("RGB"))
-            ax.set_xlabel(textwrap.shorten(str(card["title"]), 60, placeholder="…"), fontsize=6.5, wrap=True)
+            ax.set_xlabel(textwrap.shorten(str(card["title"]), 36, placeholder="…"), fontsize=6.5)
         else:
             ax.set_facecolor("#f2f2f2")
             ax.text(0.5, 0.5, textwrap.fill(str(card["title"])[:150], 22), ha="center", va="center", fontsize=7,
@@ -286,7 +286,7 @@ def draw_contact_sheet(cards: pd.DataFrame, dataset_dict, path: Path, title: str
         ax.set_title(f"#{card['rank']}  {card['id']} ({card['split']})\n"
                      f"given {card['given_code']} \u2192 {card['suggested_code']} (p {card['p_suggested']:.2f})",
                      fontsize=7.5, color="#b00020")
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.7 / height))  # room for the title
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # room for the title
     figure.savefig(path, dpi=90)
     return path
 
@@ -308,9 +308,10 @@ def per_class_counts(rows: pd.DataFrame, class_names: list[str]) -> pd.DataFrame
         of_class = labelled[labelled["code"] == code]
         flagged = of_class[of_class["flagged"]]
         suggested = flagged["suggested_code"].value_counts()
+        removed = int(of_class["removed"].sum())
         table.append({"code": code, "rows": len(of_class), "ranked": int(of_class["judged"].sum()),
                       "flagged": len(flagged), "flagged %": f"{100 * len(flagged) / max(1, of_class['judged'].sum()):.1f}",
-                      "removed": int(of_class["removed"].sum()),
+                      "removed": removed, "removed %": f"{100 * removed / max(1, len(of_class)):.1f}",
                       "most suggested instead": f"{suggested.index[0]} ({suggested.iloc[0]})" if len(suggested) else ""})
     return pd.DataFrame(table)
 
@@ -410,10 +411,12 @@ def prepare_output_dir(config: dict, out: Path, oof_path: Path) -> bool:
                              f"change on a rerun: choose another output_dir")
         if not oof_path.is_file() and not config["resume"]:
             raise ValueError(f"{out} holds unfinished folds; pass --resume to continue them or choose another output_dir")
+    needs_training = not oof_path.is_file()
+    loop.process_state().wait_for_everyone()  # every process has looked before the main process writes
     if loop.process_state().is_main_process:
         write_config(config, saved)
     loop.process_state().wait_for_everyone()
-    return not oof_path.is_file()
+    return needs_training
 
 
 def denoise(config: dict) -> Path:
@@ -431,6 +434,9 @@ def denoise(config: dict) -> Path:
     oof_path = Path(section["probabilities"] or out / "probs" / "oof.parquet")
     if section["probabilities"] and not oof_path.is_file():
         raise FileNotFoundError(f"denoise.probabilities: probability table not found: {oof_path}")
+    if not oof_path.is_file():  # a class with fewer rows than folds is an error before anything is written
+        labels = np.concatenate([np.asarray(dataset_dict[split]["label"]) for split in LABELLED_SPLITS])
+        fold_splits(labels, int(config["folds"]), config["seed"], class_names)
     state = loop.process_state()
     if prepare_output_dir(config, out, oof_path):
         expert_config = {key: value for key, value in config.items() if key != "denoise"}

@@ -281,3 +281,16 @@ def test_a_text_expert_recipe_denoises_every_row(tmp_path):
     near = pd.read_csv(out / "near_duplicates.csv")
     set_of = dict(zip(near["id"], near["set"]))
     assert all(copy in set_of and set_of[copy] == set_of[source] for copy, (_, source) in COPIES.items())
+
+
+def test_a_class_with_fewer_rows_than_folds_is_an_error_before_anything_is_written(tmp_path, capsys):
+    data = make_dataset_dict(train_rows=40, validation_rows=8, test_rows=0, image_size=16)
+    rare = data["train"].filter(lambda row: row["label"] == 3).select([0, 1])
+    data["train"] = concatenate_datasets([data["train"].filter(lambda row: row["label"] != 3), rare])
+    data["validation"] = data["validation"].filter(lambda row: row["label"] != 3)
+    data.save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "out"
+    assert main(["denoise", "--config", "denoise-tiny", f"dataset={tmp_path / 'ds'}", f"output_dir={out}"]) == 2
+    assert "folds=4 needs at least 4 labelled rows of every class; classes with fewer (code: rows): {'2583': 2}" \
+        in capsys.readouterr().err
+    assert not out.exists()
