@@ -434,8 +434,11 @@ def denoise(config: dict) -> Path:
     oof_path = Path(section["probabilities"] or out / "probs" / "oof.parquet")
     if section["probabilities"] and not oof_path.is_file():
         raise FileNotFoundError(f"denoise.probabilities: probability table not found: {oof_path}")
-    if not oof_path.is_file():  # a class with fewer rows than folds is an error before anything is written
+    if not oof_path.is_file():  # unlabelled rows or a class with fewer rows than folds: errors before any write
         labels = np.concatenate([np.asarray(dataset_dict[split]["label"]) for split in LABELLED_SPLITS])
+        if (labels < 0).any():
+            raise ValueError(f"denoise needs a label on every train and validation row; {int((labels < 0).sum())} "
+                             f"rows of dataset {config['dataset']} have label -1")
         fold_splits(labels, int(config["folds"]), config["seed"], class_names)
     state = loop.process_state()
     if prepare_output_dir(config, out, oof_path):
@@ -529,8 +532,8 @@ def rank_and_write(config: dict, dataset_dict, class_names: list[str], out: Path
 
 
 def datalab_issues(config: dict, dataset_dict, rows: pd.DataFrame, out: Path) -> dict:
-    """Near-duplicate sets and outliers of the judged rows of every split; writes near_duplicates.csv and
-    outliers.csv. {"skipped": why} when they cannot be computed."""
+    """Near-duplicate sets and outliers of the judged rows of every split ({"skipped": why} when they cannot be
+    computed); the previous run's near_duplicates.csv and outliers.csv are removed."""
     section = config["denoise"]
     model_dir = Path(section["probabilities"]).parent.parent if section["probabilities"] else out
     model_dir = model_dir / "folds" / "0" / "model"
