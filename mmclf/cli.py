@@ -18,6 +18,8 @@ COMMANDS = {
     "train": ("mmclf.training.train", "add_train_arguments", "run_train", "train an expert from a recipe YAML"),
     "predict-expert": ("mmclf.training.train", "add_predict_arguments", "run_predict",
                        "probability table of a saved expert"),
+    "denoise": ("mmclf.denoise", "add_arguments", "run",
+                "k-fold out-of-fold probabilities ranked by cleanlab -> label issues, cleaned dataset, report"),
     "fuse": ("mmclf.fusion.decision", "add_arguments", "run", "decision-level fusion over experts' probability tables"),
     "ensemble": ("mmclf.fusion.ensemble", "add_arguments", "run", "majority vote over fused runs or prediction tables"),
     "pipeline": ("mmclf.pipeline", "add_pipeline_arguments", "run_pipeline", "assemble experts + fusions into a pipeline"),

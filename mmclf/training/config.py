@@ -80,9 +80,11 @@ def read_recipe(name_or_path: str | Path) -> dict:
     return recipe
 
 
-def schema_for(expert: str) -> dict:
+def schema_for(expert: str, sections: dict | None = None) -> dict:
+    """The schema of an expert kind's runs; `sections` adds a command's own top-level sections (e.g. `denoise`)."""
     schema = copy.deepcopy(SCHEMA)
     schema["model"] = copy.deepcopy(expert_class(expert).config_defaults)
+    schema.update(copy.deepcopy(sections or {}))
     return schema
 
 
@@ -171,12 +173,12 @@ def validate(config: dict) -> None:
             raise ValueError(f"invalid config: {message}")
 
 
-def load_config(name_or_path: str, overrides=()) -> dict:
+def load_config(name_or_path: str, overrides=(), sections: dict | None = None) -> dict:
     """Read a recipe (shipped name or YAML path), apply `key=value` overrides, check every key, fill defaults."""
     recipe = read_recipe(name_or_path)
     extra = parse_overrides(overrides)
     expert = extra.get("expert", recipe.get("expert", SCHEMA["expert"]))
-    schema = schema_for(expert)
+    schema = schema_for(expert, sections)
     config = merge_into(schema, recipe, where=f"recipe {name_or_path}")
     config = merge_into(schema, _deep_update(config, extra), where="command-line overrides")
     validate(config)
@@ -193,9 +195,9 @@ def _deep_update(base: dict, extra: dict) -> dict:
     return out
 
 
-def resolve(config: dict) -> dict:
+def resolve(config: dict, sections: dict | None = None) -> dict:
     """Complete a (possibly partial) config dict against the schema; the Python API's entry point."""
-    schema = schema_for(config.get("expert", SCHEMA["expert"]))
+    schema = schema_for(config.get("expert", SCHEMA["expert"]), sections)
     resolved = merge_into(schema, config, where="config")
     validate(resolved)
     return resolved

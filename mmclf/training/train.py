@@ -41,6 +41,21 @@ def load_dataset_dict(path):
     return datasets.load_from_disk(str(path))
 
 
+def load_checked_dataset(config: dict):
+    """The config's DatasetDict, checked: train and validation splits, the expert's columns and one class order
+    in every split. Returns (dataset_dict, class_names)."""
+    dataset_dict = load_dataset_dict(config["dataset"])
+    for split in ("train", "validation"):
+        if split not in dataset_dict:
+            raise ValueError(f"dataset {config['dataset']} has no {split!r} split (splits: {list(dataset_dict)})")
+    expert_cls = expert_class(config["expert"])
+    class_names = check_columns(dataset_dict["train"], expert_cls, f"dataset {config['dataset']} split 'train'")
+    for split in dataset_dict:
+        check_class_names(check_columns(dataset_dict[split], expert_cls, f"dataset {config['dataset']} split {split!r}"),
+                          class_names, f"dataset {config['dataset']} split {split!r}")
+    return dataset_dict, class_names
+
+
 # --- training -----------------------------------------------------------------------------------------------
 
 def prepare_run_dir(config: dict) -> Path:
@@ -153,10 +168,22 @@ def summary(state) -> dict:
     return {"best_epoch": state.best_epoch, "best_eval_macro_f1": state.best_score, "epochs": state.history}
 
 
+def fold_splits(labels: np.ndarray, k: int, seed: int, class_names: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k stratified folds as (training rows, held-out rows); every row is held out exactly once."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(labels, minlength=len(class_names))
+    if counts.min() < k:
+        rare = {class_names[i]: int(counts[i]) for i in np.flatnonzero(counts < k)}
+        raise ValueError(f"folds={k} needs at least {k} labelled rows of every class; classes with fewer "
+                         f"(code: rows): {rare}")
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(labels)), labels))
+
+
 def train_folds(config: dict, dataset_dict, run_dir: Path, class_names: list[str]) -> tuple[ProbabilityTable, list]:
     """k models over k stratified folds of train+validation; out-of-fold probabilities of every labelled row."""
     from datasets import concatenate_datasets
-    from sklearn.model_selection import StratifiedKFold
 
     parts = [dataset_dict["train"], dataset_dict["validation"]]
     labelled = concatenate_datasets(parts)
@@ -166,14 +193,9 @@ def train_folds(config: dict, dataset_dict, run_dir: Path, class_names: list[str
         raise ValueError(f"folds need labels on every train and validation row; {int((labels < 0).sum())} rows "
                          f"have label -1 (e.g. id {labelled[int(np.flatnonzero(labels < 0)[0])]['id']!r})")
     k = int(config["folds"])
-    counts = np.bincount(labels, minlength=len(class_names))
-    if counts.min() < k:
-        rare = [class_names[i] for i in np.flatnonzero(counts < k)]
-        raise ValueError(f"folds={k} needs at least {k} labelled rows of every class; classes {rare} have fewer")
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=config["seed"])
     probs = np.zeros((len(labelled), len(class_names)), dtype=np.float32)
     fold_metrics = []
-    for i, (train_rows, held_rows) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+    for i, (train_rows, held_rows) in enumerate(fold_splits(labels, k, config["seed"], class_names)):
         fold_dir = run_dir / "folds" / str(i)
         held_path = fold_dir / "probs" / "heldout.parquet"
         fold_config = {**config, "output_dir": str(fold_dir), "folds": 1, "predict_splits": []}
@@ -208,15 +230,7 @@ def write_json(data: dict, path: Path) -> None:
 def train_expert(config: dict) -> Path:
     """Run a full training (folds included) from a config dict; return the run directory."""
     config = resolve(config)
-    dataset_dict = load_dataset_dict(config["dataset"])
-    for split in ("train", "validation"):
-        if split not in dataset_dict:
-            raise ValueError(f"dataset {config['dataset']} has no {split!r} split (splits: {list(dataset_dict)})")
-    expert_cls = expert_class(config["expert"])
-    class_names = check_columns(dataset_dict["train"], expert_cls, f"dataset {config['dataset']} split 'train'")
-    for split in dataset_dict:
-        check_class_names(check_columns(dataset_dict[split], expert_cls, f"dataset {config['dataset']} split {split!r}"),
-                          class_names, f"dataset {config['dataset']} split {split!r}")
+    dataset_dict, class_names = load_checked_dataset(config)
     run_dir = prepare_run_dir(config)
 
     metrics = {}
