@@ -72,6 +72,7 @@ def prepare_run_dir(config: dict) -> Path:
         if differences:
             details = "; ".join(f"{k}: {flatten(previous).get(k)!r} -> {flatten(config).get(k)!r}" for k in differences)
             raise ValueError(f"cannot resume {run_dir}: its config.yaml differs from this config in {details}")
+    loop.process_state().wait_for_everyone()  # every process has looked before the main one writes
     if loop.process_state().is_main_process:
         write_config(config, saved)
     loop.process_state().wait_for_everyone()
