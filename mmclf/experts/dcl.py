@@ -113,8 +113,8 @@ class DCLModel(nn.Module):
 def check_dcl_config(config: dict) -> None:
     if config["adversarial"] not in ADVERSARIAL_KINDS:
         raise ValueError(f"model.adversarial must be one of {ADVERSARIAL_KINDS}, got {config['adversarial']!r}")
-    if config["grid"] < 1 or config["max_shift"] < 0:
-        raise ValueError(f"model.grid must be >= 1 and model.max_shift >= 0, got {config['grid']} and "
+    if config["grid"] < 2 or config["max_shift"] < 0:  # a 1x1 grid has nothing to shuffle
+        raise ValueError(f"model.grid must be >= 2 and model.max_shift >= 0, got {config['grid']} and "
                          f"{config['max_shift']}")
     if min(config["class_weight"], config["adversarial_weight"], config["location_weight"]) < 0:
         raise ValueError("model.class_weight, adversarial_weight and location_weight must be >= 0")
