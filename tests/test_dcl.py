@@ -188,8 +188,8 @@ def test_inference_uses_the_classification_head_only_and_reloads_as_an_image_exp
     assert all(torch.equal(again.model.heads.state_dict()[k], v) for k, v in expert.model.heads.state_dict().items())
     assert set(load_file(tmp_path / "model" / HEADS_FILE)) == {"adversarial.weight", "adversarial.bias",
                                                                "alignment.weight", "alignment.bias"}
+    ImageExpert.build(DCL_TINY, CLASS_NAMES).save_pretrained(tmp_path / "plain")
     with pytest.raises(FileNotFoundError, match="holds no DCL heads"):
-        ImageExpert.build(DCL_TINY, CLASS_NAMES).save_pretrained(tmp_path / "plain")
         DCLExpert.from_pretrained(tmp_path / "plain")
 
 

@@ -177,11 +177,10 @@ class DCLExpert(ImageExpert):
     @classmethod
     def from_pretrained(cls, directory) -> DCLExpert:
         """A saved DCL expert with its auxiliary heads (to continue DCL training)."""
-        heads_file = Path(directory) / HEADS_FILE
+        image, heads_file = ImageExpert.from_pretrained(directory), Path(directory) / HEADS_FILE
         if not heads_file.is_file():
             raise FileNotFoundError(f"{directory} holds no DCL heads ({HEADS_FILE}); to start DCL from a plain image "
                                     f"expert, set init_from to its run")
-        image = ImageExpert.from_pretrained(directory)
         config = {**CONFIG_DEFAULTS, **image.config}
         model = DCLModel(image.model, config["name"], config["grid"],
                          adversarial_outputs(config, len(image.class_names)))
