@@ -269,6 +269,14 @@ def test_dcl_stage_writes_a_reloadable_image_model_and_tables(two_stage, tmp_pat
     assert np.allclose(predicted.to_numpy(), fusion.predict_probs({"stage2": test.probs})[2], atol=1e-5)
 
 
+def test_resuming_a_finished_dcl_run_gives_the_same_tables(two_stage):
+    dataset_dir, stage1, stage2, _ = two_stage
+    before = ProbabilityTable.load(stage2 / "probs" / "validation.parquet")
+    assert main(["train", *STAGE2, f"dataset={dataset_dir}", f"init_from={stage1}", f"output_dir={stage2}",
+                 "--resume"]) == 0
+    assert np.allclose(ProbabilityTable.load(stage2 / "probs" / "validation.parquet").probs, before.probs, atol=1e-6)
+
+
 def test_two_processes_give_the_same_evaluation_as_one(two_stage, tmp_path):
     dataset_dir, stage1, stage2, _ = two_stage
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
