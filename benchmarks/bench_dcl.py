@@ -1,8 +1,8 @@
 """DCL measurements, three parts (run one with its name, or all CPU ones with no name):
 
     python benchmarks/bench_dcl.py transform [--images 96]
-        cost per image of the destruction (region confusion) at 448 px against the rest of the training input
-        pipeline (JPEG decode, resize 512, rotation, random crop 448, flip, normalise) on 500 px JPEGs
+        cost per image at 448 px of a DCL training row (the image expert's decode, resize 512, rotation, random crop
+        448, flip, normalise + the destroyed copy and its permutation) against the image expert's, on 500 px JPEGs
 
     python benchmarks/bench_dcl.py quality [--seeds 0 1 2] [--rows 2000] [--out /tmp/bench-dcl]
         on the demo catalog, per seed: stage 1 (image-tiny), then from it the same stage-2 budget (epochs, lr
@@ -22,7 +22,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mmclf.experts.dcl import DCLExpert
@@ -207,7 +206,6 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak (default 989)")
     args = parser.parse_args()
-    np.set_printoptions(precision=3)
     if args.part in (None, "transform"):
         bench_transform(args.images)
     if args.part in (None, "quality"):
