@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's recipe on the Rakuten challenge files, on GPUs:
-#   text expert (CamemBERT-base) + image expert (ResNet152, 224 px), each with 4-fold out-of-fold
-#   probabilities -> decision-level fusion (8-fold CV; 1-layer and hidden-6 heads, 3 seeds each)
+#   text expert (CamemBERT-base) + image expert (ResNet152 at 224 px, then DCL at 448 px from it), each with
+#   4-fold out-of-fold probabilities -> decision-level fusion (8-fold CV; 1-layer and hidden-6 heads, 3 seeds each)
 #   -> majority vote over the 6 fused runs on the test file -> a pipeline folder for `mmclf predict`.
 # Usage: launch/rakuten_paper.sh RAW_DIR OUT_DIR [ACCELERATE_CONFIG]
 #   RAW_DIR holds X_train_update.csv, Y_train_CVw08PX.csv, X_test_update.csv, images/image_train, images/image_test
@@ -20,17 +20,20 @@ for expert in text image; do
     resume=$([ -f "$out/$expert/config.yaml" ] && echo --resume || true)
     run train --config $recipe dataset="$out/data" output_dir="$out/$expert" folds=4 $extra $resume
 done
+resume=$([ -f "$out/image-dcl/config.yaml" ] && echo --resume || true)
+run train --config image-resnet152-dcl-448 dataset="$out/data" output_dir="$out/image-dcl" init_from="$out/image" \
+    folds=4 $resume
 fusions=()
 for seed in 0 1 2; do
     for hidden in 0 6; do
         dir="$out/fusion-h$hidden-s$seed"
-        [ -f "$dir/predictions.csv" ] || mmclf fuse --tables "$out/text/probs/oof.parquet" "$out/image/probs/oof.parquet" \
-            --predict-tables "$out/text/probs/test.parquet" "$out/image/probs/test.parquet" \
+        [ -f "$dir/predictions.csv" ] || mmclf fuse --tables "$out/text/probs/oof.parquet" "$out/image-dcl/probs/oof.parquet" \
+            --predict-tables "$out/text/probs/test.parquet" "$out/image-dcl/probs/test.parquet" \
             --hidden-size $hidden --seed $seed --out "$dir"
         fusions+=("$dir")
     done
 done
 mmclf ensemble --inputs "${fusions[@]}" --split test --out "$out/ensemble_test.csv"
-mmclf pipeline --experts text="$out/text/model" image="$out/image/model" --fusions "${fusions[@]}" --out "$out/pipeline"
+mmclf pipeline --experts text="$out/text/model" image-dcl="$out/image-dcl/model" --fusions "${fusions[@]}" --out "$out/pipeline"
 echo "test predictions: $out/ensemble_test.csv; fused out-of-fold scores: $out/fusion-*/cv_metrics.json"
 echo "new listings: mmclf predict --pipeline $out/pipeline --input X.csv --images DIR --out submission.csv"

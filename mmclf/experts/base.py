@@ -80,6 +80,10 @@ class Expert:
         config = info.get("config") or {key: info[key] for key in cls.config_defaults if key in info}
         return cls.load_model(Path(directory), config, info["class_names"], info.get("metadata") or {})
 
+    def initialise_from(self, directory) -> str:
+        """Take the weights of the saved expert in `directory` (recipe key `init_from`); returns what was loaded."""
+        raise ValueError(f"the {self.kind} expert cannot be initialised from an earlier run (init_from)")
+
     def write_card(self, directory) -> Path:
         name = self.metadata.get("name") or self.kind
         return write_model_card(

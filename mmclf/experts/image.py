@@ -70,6 +70,41 @@ def load_pretrained_backbone(model: ImageClassifier, config: dict) -> None:
     model.backbone.load_state_dict(source.state_dict())
 
 
+def copy_image_weights(target: ImageClassifier, source: ImageClassifier, where) -> str:
+    """Copy `source`'s weights into `target` (init_from): every backbone tensor must match in name and shape (else an
+    error naming the ones that do not); the classification head is copied when the classes are the same (reordered
+    to the target's class order if needed), otherwise left new. Returns what was done, to be printed."""
+    head = next(name for name, module in target.backbone.named_modules() if module is target.backbone.get_classifier())
+    in_head = f"backbone.{head}."
+    wanted, given = target.state_dict(), source.state_dict()
+    backbone = [key for key in wanted if not key.startswith(in_head)]
+    problems = {
+        "missing in the source": [key for key in backbone if key not in given],
+        "not in this backbone": [key for key in given if not key.startswith(in_head) and key not in wanted],
+        "of another shape": [f"{key} {tuple(given[key].shape)} -> {tuple(wanted[key].shape)}"
+                             for key in backbone if key in given and given[key].shape != wanted[key].shape],
+    }
+    if any(problems.values()):
+        details = "; ".join(f"{len(keys)} tensor(s) {what}: {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}"
+                            for what, keys in problems.items() if keys)
+        raise ValueError(f"init_from {where}: its backbone ({source.backbone.default_cfg.get('architecture')}) does "
+                         f"not match this one ({target.backbone.default_cfg.get('architecture')}): {details}")
+    state = {key: given[key] for key in backbone}
+    if sorted(source.class_names) == sorted(target.class_names):
+        rows = torch.as_tensor([source.class_names.index(name) for name in target.class_names])
+        state.update({key: given[key][rows] for key in wanted if key.startswith(in_head)})
+        head_note = "the classification head" + ("" if source.class_names == target.class_names
+                                                 else " (rows reordered to this dataset's class order)")
+    else:
+        state.update({key: wanted[key] for key in wanted if key.startswith(in_head)})
+        only_source = sorted(set(source.class_names) - set(target.class_names))
+        only_here = sorted(set(target.class_names) - set(source.class_names))
+        head_note = (f"a NEW classification head: the classes differ (only in {where}: {only_source}; only in this "
+                     f"dataset: {only_here})")
+    target.load_state_dict(state)
+    return f"initialised from {where}: {len(backbone)} backbone tensors, all matched, and {head_note}"
+
+
 def check_image_config(config: dict) -> None:
     if config["resize_size"] < config["image_size"]:
         raise ValueError(f"model.resize_size ({config['resize_size']}) must be >= model.image_size "
@@ -107,6 +142,9 @@ class ImageExpert(Expert):
 
     def save_model(self, directory) -> None:
         self.model.save_pretrained(directory)
+
+    def initialise_from(self, directory) -> str:
+        return copy_image_weights(self.model, ImageExpert.from_pretrained(directory).model, directory)
 
     @classmethod
     def load_model(cls, directory, config, class_names, metadata) -> ImageExpert:

@@ -49,6 +49,7 @@ SCHEMA = {
     "folds": 1,  # k > 1: k stratified folds over train+validation -> probs/oof.parquet
     "predict_splits": ["validation", "test"],  # splits to write probability tables for (missing ones are skipped)
     "resume": False,  # continue from output_dir/checkpoints/last
+    "init_from": None,  # an earlier run (RUN_DIR, or its model/ folder) whose weights this run starts from
     "model": {},  # the expert kind's own keys and defaults (its `config_defaults`)
     "training": TRAINING_DEFAULTS,
 }

@@ -222,6 +222,8 @@ def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path,
             break
         model.train()
         train_loader.set_epoch(epoch)
+        if hasattr(train_loader.dataset, "set_epoch"):  # rows augmented from (seed, epoch, index), e.g. DCL's
+            train_loader.dataset.set_epoch(epoch)
         total_loss, batches = torch.zeros((), device=accelerator.device), 0
         progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{training['epochs']}",
                         disable=not accelerator.is_local_main_process)

@@ -24,6 +24,7 @@ from accelerate.utils import set_seed
 from mmclf.evaluation import scores
 from mmclf.experts import EXPERT_FILE, expert_class, load_expert
 from mmclf.experts.base import check_class_names, check_columns
+from mmclf.hub import local_or_hub
 from mmclf.inference import expert_probabilities
 from mmclf.probability_tables import ProbabilityTable
 from mmclf.training import loop
@@ -91,12 +92,40 @@ def build_or_reload_expert(config: dict, class_names: list[str], train_dataset, 
             config["model"], class_names, train_dataset)
         expert.metadata.update(name=name, dataset=str(config["dataset"]),
                                recipe={"training": config["training"], "seed": config["seed"]})
+        if not reuse and config["init_from"]:
+            state.print(expert.initialise_from(saved_model_dir(config["init_from"])))
+            expert.metadata["init_from"] = str(config["init_from"])
         if not reuse:
             expert.save_pretrained(model_dir)
     state.wait_for_everyone()
     if not state.is_main_process:
         expert = expert_cls.from_pretrained(model_dir)
     return expert
+
+
+def saved_model_dir(run) -> Path:
+    """The saved expert of an earlier run: RUN_DIR/model, a saved expert folder itself, or a Hub id."""
+    path = local_or_hub(run)
+    for candidate in (path / "model", path):
+        if (candidate / EXPERT_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(f"init_from={run}: no saved expert there (expected {path / 'model' / EXPERT_FILE}, "
+                            f"as `mmclf train` writes)")
+
+
+def fold_init_from(config: dict, fold: int, held_ids: list[str]) -> str | None:
+    """Fold i of a run with init_from starts from fold i of the earlier run, which held out the same rows: the earlier
+    run's final model was trained on them, and out-of-fold probabilities from it would be optimistic."""
+    if not config["init_from"]:
+        return None
+    source = Path(config["init_from"]) / "folds" / str(fold)
+    held = source / "probs" / "heldout.parquet"
+    if not held.is_file() or set(ProbabilityTable.load(held).ids) != set(held_ids):
+        raise ValueError(f"folds={config['folds']} with init_from={config['init_from']}: fold {fold} must start from "
+                         f"{source / 'model'}, a model trained without the rows this fold holds out, and there is none "
+                         f"with the same held-out rows; train the earlier run on the same dataset with "
+                         f"folds={config['folds']} seed={config['seed']}")
+    return str(source)
 
 
 def encode(expert, dataset, train: bool):
@@ -199,11 +228,12 @@ def train_folds(config: dict, dataset_dict, run_dir: Path, class_names: list[str
     for i, (train_rows, held_rows) in enumerate(fold_splits(labels, k, config["seed"], class_names)):
         fold_dir = run_dir / "folds" / str(i)
         held_path = fold_dir / "probs" / "heldout.parquet"
-        fold_config = {**config, "output_dir": str(fold_dir), "folds": 1, "predict_splits": []}
         if not (config["resume"] and held_path.is_file()):
             loop.process_state().print(f"fold {i + 1}/{k}: {len(train_rows)} training rows, {len(held_rows)} held out")
-            prepare_run_dir(fold_config)
             held = labelled.select(held_rows)
+            fold_config = {**config, "output_dir": str(fold_dir), "folds": 1, "predict_splits": [],
+                           "init_from": fold_init_from(config, i, list(held["id"]))}
+            prepare_run_dir(fold_config)
             expert, state, accelerator = fit(fold_config, labelled.select(train_rows), held, fold_dir, class_names,
                                              name=run_dir.name)
             table = predict_table(accelerator, expert, held, [origin[j] for j in held_rows],
@@ -232,6 +262,8 @@ def train_expert(config: dict) -> Path:
     """Run a full training (folds included) from a config dict; return the run directory."""
     config = resolve(config)
     dataset_dict, class_names = load_checked_dataset(config)
+    if config["init_from"]:
+        saved_model_dir(config["init_from"])  # a wrong path fails here, on every process, before the run starts
     run_dir = prepare_run_dir(config)
 
     metrics = {}
