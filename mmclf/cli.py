@@ -11,6 +11,8 @@ import importlib
 import os
 import sys
 
+from mmclf.progress import configure_for_logs
+
 # command: (module, function that adds its arguments, function that runs it, one-line help)
 COMMANDS = {
     "demo-data": ("mmclf.data.demo_catalog", "add_arguments", "run", "write the synthetic demo catalog (ENS layout)"),
@@ -42,6 +44,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_for_logs()
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
