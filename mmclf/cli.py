@@ -17,6 +17,8 @@ from mmclf.progress import configure_for_logs
 COMMANDS = {
     "demo-data": ("mmclf.data.demo_catalog", "add_arguments", "run", "write the synthetic demo catalog (ENS layout)"),
     "build-dataset": ("mmclf.data.build", "add_arguments", "run", "raw CSV/TSV files + images -> DatasetDict on disk"),
+    "cache-images": ("mmclf.data.image_cache", "add_arguments", "run",
+                     "copy of a dataset with its images decoded and resized once (faster image training)"),
     "train": ("mmclf.training.train", "add_train_arguments", "run_train", "train an expert from a recipe YAML"),
     "predict-expert": ("mmclf.training.train", "add_predict_arguments", "run_predict",
                        "probability table of a saved expert"),

@@ -7,10 +7,15 @@ resizes, rotates, random-crops and flips; evaluation resizes and centre-crops.
 
 Rows without an image are kept: they get a blank image of the normalisation mean colour (so the input
 is all zeros after normalisation) and the dataset's `has_image` flag says which rows they are.
+
+A dataset written by `mmclf cache-images` with a column `image_<resize_size>px` is read from that column
+(images already decoded and resized: the same inputs, without JPEG decoding); other datasets from `image`.
 """
 
 from __future__ import annotations
 
+import warnings
+from functools import partial
 from pathlib import Path
 
 import timm
@@ -20,6 +25,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
+from mmclf.data.image_cache import cache_column, cached_image, cached_sizes
 from mmclf.experts.base import Expert
 from mmclf.hub import from_pretrained_quietly
 
@@ -130,10 +136,24 @@ class ImageExpert(Expert):
         colour = tuple(round(255 * c) for c in self.model.mean)
         return Image.new("RGB", (self.model.resize_size, self.model.resize_size), colour)
 
+    def encode(self, dataset, train: bool):
+        """Lazily encoded rows; from the decoded-image cache column when the dataset has one at resize_size."""
+        cached = cache_column(self.model.resize_size)
+        if cached not in dataset.column_names:
+            if cached_sizes(dataset.column_names):
+                warnings.warn(f"the dataset caches images at {cached_sizes(dataset.column_names)} px, not at this "
+                              f"expert's resize_size {self.model.resize_size}: decoding the original images",
+                              stacklevel=2)
+            return super().encode(dataset, train)
+        columns = [cached] + [c for c in ("label",) if c in dataset.column_names]
+        return dataset.with_transform(partial(self.encode_batch, train=train), columns=columns)
+
     def encode_batch(self, batch: dict, train: bool) -> dict:
         """Images decoded and transformed (works in DataLoader workers); rows without one get the blank image."""
         transform = self.transforms[train]
-        images = [self.blank_image() if image is None else image.convert("RGB") for image in batch["image"]]
+        cached = cache_column(self.model.resize_size)
+        images = [cached_image(value) for value in batch[cached]] if cached in batch else batch["image"]
+        images = [self.blank_image() if image is None else image.convert("RGB") for image in images]
         encoded = {"pixel_values": [transform(image) for image in images]}
         if "label" in batch:
             encoded["labels"] = batch["label"]
