@@ -107,9 +107,11 @@ class EpochSampler(Sampler):
 
 class SeededRows(Dataset):
     """The training rows, each fetched with the random generators (torch CPU, numpy, random) seeded from
-    (seed, epoch, row) and restored afterwards: a row's random augmentation does not depend on which
-    process or worker fetches it, nor on what was fetched before, and fetching leaves the training RNG
-    (dropout) untouched. Keys are the (epoch, index) pairs of `EpochSampler(with_epoch=True)`."""
+    (seed, epoch, row): a row's random augmentation does not depend on which process or worker fetches it,
+    nor on what was fetched before. torch's CPU generator, which the training step draws from (dropout), is
+    restored after the fetch; numpy's and random's are left as the row seeded them (nothing in the step draws
+    from them, and saving numpy's state would cost more than the augmentation). Keys are the (epoch, index)
+    pairs of `EpochSampler(with_epoch=True)`."""
 
     def __init__(self, rows, seed: int):
         self.rows, self.seed = rows, seed
@@ -119,17 +121,15 @@ class SeededRows(Dataset):
 
     def __getitem__(self, key):
         epoch, index = key
-        row_seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
-        torch_state, numpy_state, python_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+        row_seed = hash((self.seed, epoch, index)) & 0xFFFF_FFFF  # ints hash the same in every process and run
+        training_rng = torch.get_rng_state()
         torch.random.default_generator.manual_seed(row_seed)  # CPU only: the GPU generators are left alone
         np.random.seed(row_seed)
         random.seed(row_seed)
         try:
             return self.rows[index]
         finally:
-            torch.set_rng_state(torch_state)
-            np.random.set_state(numpy_state)
-            random.setstate(python_state)
+            torch.set_rng_state(training_rng)
 
 
 def process_state() -> PartialState:
