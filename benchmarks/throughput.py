@@ -270,29 +270,30 @@ def measure(args) -> dict:
 
 # --- the table ----------------------------------------------------------------------------------------------
 
-def run_one(args, recipe: str, mode: str) -> dict:
+def run_one(args, recipe: str, mode: str, variant: list[str]) -> dict:
     command = [sys.executable, __file__, "--one", recipe, mode, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     for flag, value in (("--dataset", args.dataset), ("--batch-size", args.batch_size),
                         ("--mixed-precision", args.mixed_precision), ("--peak-tflops", args.peak_tflops)):
         if value:
             command += [flag, str(value)]
-    result = subprocess.run(command + list(args.overrides), capture_output=True, text=True, check=False)
+    result = subprocess.run(command + list(args.overrides) + variant, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"{recipe} ({mode}) failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def table(results: list[dict]) -> str:
-    header = ("| recipe | mode | device | precision | batch | samples/s | tokens/s | peak memory (GiB) | TFLOP/s | MFU "
-              "| real / synthetic |")
-    lines = [header, "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    synthetic = {r["recipe"]: r["samples_per_s"] for r in results if r["mode"] == "synthetic"}
+    header = ("| recipe | settings | mode | device | precision | batch | samples/s | tokens/s | peak memory (GiB) "
+              "| TFLOP/s | MFU | real / synthetic |")
+    lines = [header, "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    synthetic = {(r["recipe"], " ".join(r["overrides"])): r["samples_per_s"] for r in results if r["mode"] == "synthetic"}
     for r in results:
-        ratio = r["samples_per_s"] / synthetic[r["recipe"]] if r["mode"] == "real" and r["recipe"] in synthetic else None
+        key = (r["recipe"], " ".join(r["overrides"]))
+        ratio = r["samples_per_s"] / synthetic[key] if r["mode"] == "real" and key in synthetic else None
         tokens = "" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f}"
         mfu = "" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
         lines.append(
-            f"| {r['recipe']} | {r['mode']} | {r['device']} | {r['precision']} | {r['batch']} | "
+            f"| {r['recipe']} | {' '.join(r['overrides']) or 'recipe'} | {r['mode']} | {r['device']} | {r['precision']} | {r['batch']} | "
             f"{r['samples_per_s']:,.1f} | {tokens} | {r['peak_memory_gib']:.2f} ({r['memory_kind']}) | "
             f"{r['tflops_per_s']:.3f} | {mfu} | {'' if ratio is None else f'{ratio:.2f}'} |")
     return "\n".join(lines)
@@ -309,6 +310,8 @@ def main():
     parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], help="default: the recipe's / launch's")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak for the MFU (default: table or measured)")
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs of the modes; the best of each is kept")
+    parser.add_argument("--variants", nargs="+", default=[], metavar="'KEY=VALUE ...'",
+                        help="settings to compare, each a quoted list of overrides; they alternate within the run")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--one", nargs=2, metavar=("RECIPE", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, as for `mmclf train`")
@@ -318,14 +321,17 @@ def main():
         print(json.dumps(measure(args)))
         return
     results = []
-    for recipe in args.recipes:  # modes alternate, best of each kept: a busy machine slows some runs
+    variants = [variant.split() for variant in args.variants] or [[]]
+    for recipe in args.recipes:  # variants and modes alternate, best of each kept: a busy machine slows some runs
         best = {}
         for _ in range(args.repeats):
-            for mode in args.modes:
-                result = run_one(args, recipe, mode)
-                if mode not in best or result["samples_per_s"] > best[mode]["samples_per_s"]:
-                    best[mode] = result
-        results += [best[mode] for mode in args.modes]
+            for variant in variants:
+                for mode in args.modes:
+                    result = run_one(args, recipe, mode, variant)
+                    key = (" ".join(variant), mode)
+                    if key not in best or result["samples_per_s"] > best[key]["samples_per_s"]:
+                        best[key] = result
+        results += list(best.values())
     print(f"\n{args.steps} timed steps after {args.warmup} warm-up steps, best of {args.repeats} alternating runs; "
           f"rows: {args.dataset or 'generated'}; overrides: {' '.join(args.overrides) or 'none'}")
     print(table(results))
@@ -336,7 +342,7 @@ def main():
             notes.append(f"{r['tokens_per_sample']:.0f} tokens per sample")
         if r["note"]:
             notes.append(r["note"])
-        print(f"- {r['recipe']} ({r['mode']}): {'; '.join(notes)}")
+        print(f"- {r['recipe']} ({' '.join(r['overrides']) or 'recipe'}, {r['mode']}): {'; '.join(notes)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

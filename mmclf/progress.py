@@ -6,8 +6,8 @@ statistics written as a whole line every `MMCLF_PROGRESS_INTERVAL` seconds (defa
 bar that stays (`leave=True`, the default) ends, instead of a carriage-return redraw ten times a second.
 
 Bars of other libraries (datasets' `map`, downloads) are tqdm bars too: `configure_for_logs()`, called
-by the `mmclf` command before any of them is imported, limits their redraws to the same interval when
-the output is not a terminal.
+by the `mmclf` command before any of them is imported, makes them silent for their first interval (a
+short bar writes nothing) and then redraw at most once per interval, when the output is not a terminal.
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ def is_terminal(stream) -> bool:
 
 
 def configure_for_logs() -> None:
-    """When stderr is not a terminal, every tqdm bar of the process redraws at most once per interval
-    (tqdm reads TQDM_MININTERVAL when it is imported, so call this first)."""
+    """When stderr is not a terminal, other tqdm bars of the process show nothing during their first interval
+    (a short bar writes nothing) and then redraw at most once per interval (tqdm reads TQDM_* variables when it is
+    imported, so call this first)."""
     if not is_terminal(sys.stderr):
         os.environ.setdefault("TQDM_MININTERVAL", str(line_interval()))
+        os.environ.setdefault("TQDM_DELAY", str(line_interval()))
 
 
 def progress_bar(*args, **kwargs):
@@ -62,6 +64,7 @@ def line_progress_class():
             self.interval = line_interval() if interval is None else interval
             self._last_line = None  # set when tqdm first displays, at the start: no line then
             kwargs.setdefault("ascii", True)
+            kwargs.setdefault("delay", 0)
             kwargs.setdefault("mininterval", 0.5)  # how often tqdm counts (not writes); TQDM_MININTERVAL is for others
             super().__init__(*args, **kwargs)
 

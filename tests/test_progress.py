@@ -49,8 +49,9 @@ def test_terminals_get_tqdm_and_logs_get_a_redraw_interval(monkeypatch):
     assert not isinstance(bar, progress.line_progress_class())
     bar.close()
     monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    monkeypatch.delenv("TQDM_DELAY", raising=False)
     monkeypatch.setenv(progress.INTERVAL_VARIABLE, "12")
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     progress.configure_for_logs()
     assert progress.line_interval() == 12.0
-    assert os.environ["TQDM_MININTERVAL"] == "12.0"
+    assert os.environ["TQDM_MININTERVAL"] == os.environ["TQDM_DELAY"] == "12.0"
