@@ -159,7 +159,7 @@ def peak_tflops(device: torch.device, dtype_name: str, override: float | None) -
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype_name, torch.float32)
     a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     best = 0.0
-    for _ in range(5):
+    for _ in range(10):
         start = time.perf_counter()
         a @ b
         best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - start) / 1e12)
@@ -282,6 +282,11 @@ def run_one(args, recipe: str, mode: str, variant: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def figure(value: float) -> str:
+    """Three significant digits, thousands separated."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def table(results: list[dict]) -> str:
     header = ("| recipe | settings | mode | device | precision | batch | samples/s | tokens/s | peak memory (GiB) "
               "| TFLOP/s | MFU | real / synthetic |")
@@ -290,12 +295,12 @@ def table(results: list[dict]) -> str:
     for r in results:
         key = (r["recipe"], " ".join(r["overrides"]))
         ratio = r["samples_per_s"] / synthetic[key] if r["mode"] == "real" and key in synthetic else None
-        tokens = "" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f}"
+        tokens = "" if r["tokens_per_s"] is None else figure(r["tokens_per_s"])
         mfu = "" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
         lines.append(
             f"| {r['recipe']} | {' '.join(r['overrides']) or 'recipe'} | {r['mode']} | {r['device']} | {r['precision']} | {r['batch']} | "
-            f"{r['samples_per_s']:,.1f} | {tokens} | {r['peak_memory_gib']:.2f} ({r['memory_kind']}) | "
-            f"{r['tflops_per_s']:.3f} | {mfu} | {'' if ratio is None else f'{ratio:.2f}'} |")
+            f"{figure(r['samples_per_s'])} | {tokens} | {r['peak_memory_gib']:.2f} ({r['memory_kind']}) | "
+            f"{figure(r['tflops_per_s'])} | {mfu} | {'' if ratio is None else f'{ratio:.2f}'} |")
     return "\n".join(lines)
 
 
