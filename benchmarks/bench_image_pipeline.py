@@ -23,7 +23,7 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 
 from mmclf.data.image_cache import cache_images
-from mmclf.experts.image import ImageExpert
+from mmclf.experts.image import ImageExpert, NormalizedTensor
 from mmclf.training import loop
 from mmclf.training.config import TRAINING_DEFAULTS
 
@@ -56,6 +56,24 @@ def images_per_second(expert, dataset, workers: int, batch_size: int) -> float:
     for batch in loader:
         seen += len(batch["targets"]["labels"])
     return seen / (time.perf_counter() - start)
+
+
+def tensor_conversion_ms(dataset: Dataset, repeats: int) -> dict:
+    """ms per 224 px crop: torchvision's ToTensor + Normalize against the expert's NormalizedTensor."""
+    from torchvision import transforms as T
+
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    crops = [T.CenterCrop(224)(T.Resize(256)(dataset[i]["image"])) for i in range(min(len(dataset), 32))]
+    ways = {"ToTensor + Normalize": T.Compose([T.ToTensor(), T.Normalize(mean, std)]),
+            "NormalizedTensor": NormalizedTensor(mean, std)}
+    best = {name: float("inf") for name in ways}
+    for _ in range(repeats):
+        for name, convert in ways.items():
+            start = time.perf_counter()
+            for crop in crops:
+                convert(crop)
+            best[name] = min(best[name], (time.perf_counter() - start) / len(crops) * 1000)
+    return best
 
 
 def main():
@@ -93,7 +111,9 @@ def main():
                 per_worker = {name: rate / max(workers, 1) for name, rate in rates.items()}
                 print(f"| {image_size} | {workers} | {rates['JPEG']:.0f} | {rates['cache']:.0f} | "
                       f"{per_worker['JPEG']:.0f} | {per_worker['cache']:.0f} | {rates['cache'] / rates['JPEG']:.2f} |")
+        conversion = tensor_conversion_ms(sources["JPEG"], args.repeats)
     print("workers=0 decodes in the training process; the per-worker rate includes worker start-up")
+    print("tensor conversion of a 224 px crop: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in conversion.items()))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ TRAINING_DEFAULTS = {
     "pin_memory": "auto",  # auto: when training on a GPU
     "group_by_length": False,  # text: batches of similar lengths (less padding)
     "channels_last": False,  # image: channels-last memory format (faster convolutions on recent GPUs)
-    "fused_optimizer": True,  # AdamW/SGD as one fused kernel (measured on CPU: AdamW 8x, SGD 1.8x faster steps)
+    "fused_optimizer": True,  # AdamW/SGD as one fused kernel (optimizer step on CPU: AdamW 4.5x, SGD 3.7x faster)
 }
 
 SCHEMA = {
