@@ -37,9 +37,14 @@ def configure_for_logs() -> None:
     """When stderr is not a terminal, other tqdm bars of the process show nothing during their first interval
     (a short bar writes nothing) and then redraw at most once per interval (tqdm reads TQDM_* variables when it is
     imported, so call this first)."""
+    try:
+        interval = line_interval()
+    except ValueError as error:  # the command's bad-input convention: a one-line error, exit code 2
+        print(f"mmclf: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     if not is_terminal(sys.stderr):
-        os.environ.setdefault("TQDM_MININTERVAL", str(line_interval()))
-        os.environ.setdefault("TQDM_DELAY", str(line_interval()))
+        os.environ.setdefault("TQDM_MININTERVAL", str(interval))
+        os.environ.setdefault("TQDM_DELAY", str(interval))
 
 
 def progress_bar(*args, **kwargs):

@@ -2,6 +2,8 @@ import io
 import os
 import sys
 
+import pytest
+
 from mmclf import progress
 
 
@@ -55,3 +57,11 @@ def test_terminals_get_tqdm_and_logs_get_a_redraw_interval(monkeypatch):
     progress.configure_for_logs()
     assert progress.line_interval() == 12.0
     assert os.environ["TQDM_MININTERVAL"] == os.environ["TQDM_DELAY"] == "12.0"
+
+
+def test_a_bad_interval_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setenv(progress.INTERVAL_VARIABLE, "soon")
+    with pytest.raises(SystemExit) as exit:
+        progress.configure_for_logs()
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == "mmclf: error: MMCLF_PROGRESS_INTERVAL must be a number of seconds, got 'soon'\n"
