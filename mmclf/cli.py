@@ -11,10 +11,14 @@ import importlib
 import os
 import sys
 
+from mmclf.progress import configure_for_logs
+
 # command: (module, function that adds its arguments, function that runs it, one-line help)
 COMMANDS = {
     "demo-data": ("mmclf.data.demo_catalog", "add_arguments", "run", "write the synthetic demo catalog (ENS layout)"),
     "build-dataset": ("mmclf.data.build", "add_arguments", "run", "raw CSV/TSV files + images -> DatasetDict on disk"),
+    "cache-images": ("mmclf.data.image_cache", "add_arguments", "run",
+                     "copy of a dataset with its images decoded and resized once (faster image training)"),
     "train": ("mmclf.training.train", "add_train_arguments", "run_train", "train an expert from a recipe YAML"),
     "predict-expert": ("mmclf.training.train", "add_predict_arguments", "run_predict",
                        "probability table of a saved expert"),
@@ -44,6 +48,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_for_logs()
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)

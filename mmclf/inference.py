@@ -7,12 +7,12 @@
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mmclf.data.listings import Listings, to_listings
 from mmclf.experts import load_expert
 from mmclf.experts.base import Expert
 from mmclf.probability_tables import ProbabilityTable
+from mmclf.progress import progress_bar
 
 __all__ = ["expert_features", "expert_probabilities", "load_expert", "probability_table"]
 
@@ -20,7 +20,7 @@ __all__ = ["expert_features", "expert_probabilities", "load_expert", "probabilit
 def _batches(data, batch_size: int, desc: str, progress: bool):
     listings = data if isinstance(data, Listings) else to_listings(data)
     steps = -(-len(listings) // batch_size)
-    return tqdm(listings.batches(batch_size), total=steps, desc=desc, leave=False, disable=not progress)
+    return progress_bar(listings.batches(batch_size), total=steps, desc=desc, leave=False, disable=not progress)
 
 
 def expert_probabilities(expert: Expert, data, batch_size: int = 64, progress: bool = False) -> np.ndarray:

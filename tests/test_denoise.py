@@ -201,7 +201,8 @@ def test_denoise_writes_issues_cleaned_dataset_and_report(denoised):
 
     assert "# Label-noise report" in (out / "report.md").read_text()
     with Image.open(out / "contact_sheet.png") as sheet:
-        assert sheet.size[0] > 600 and sheet.size[1] > 200
+        shown = min(len(issues), 48)  # denoise.contact_sheet_rows: 8 cards a row, 2.1 in each, 6 in at least; 90 dpi
+        assert abs(sheet.size[0] - max(2.1 * min(shown, 8), 6.0) * 90) <= 2 and sheet.size[1] > 200
 
 
 def test_planted_near_duplicates_are_found_and_cross_split_copies_removed(denoised):
@@ -227,7 +228,8 @@ def test_rerun_reranks_without_training_and_gives_the_same_ranking(denoised, mon
     summary = json.loads((out / "summary.json").read_text())
     assert summary["removed_label_issues"] == after["removed"].sum() == round(0.05 * summary["ranked_rows"])
     assert summary["removed_unflagged"] == (after["removed"] & ~after["flagged"]).sum() > 0
-    assert after.loc[after["removed"], "score"].max() <= after.loc[~after["removed"], "score"].min()
+    kept = after.loc[~after["removed"], "score"]  # flagged rows the cut left; none where it took every flagged row
+    assert kept.empty or after.loc[after["removed"], "score"].max() <= kept.min()
     assert summary["removed_duplicates"] == 0
 
     # an out-of-fold table given by path is ranked the same way, into another folder

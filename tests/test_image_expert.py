@@ -93,3 +93,14 @@ def test_folds_need_enough_rows_per_class(tmp_path):
     config = load_config("image-tiny", [f"dataset={dataset_dir}", f"output_dir={tmp_path / 'run'}", "folds=5"] + TINY)
     with pytest.raises(ValueError, match="folds=5 needs at least 5 labelled rows of every class"):
         train_expert(config)
+
+
+def test_normalized_tensor_equals_to_tensor_then_normalize():
+    from torchvision import transforms as T
+
+    from mmclf.experts.image import NormalizedTensor
+
+    image = make_dataset_dict(train_rows=1, validation_rows=0, test_rows=0, image_size=40)["train"][0]["image"]
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    expected = T.Compose([T.ToTensor(), T.Normalize(mean, std)])(image)
+    assert torch.equal(NormalizedTensor(mean, std)(image), expected)

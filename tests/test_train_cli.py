@@ -97,3 +97,7 @@ def test_two_processes_give_the_same_predictions_as_one(cli_run, tmp_path):
     assert np.allclose(one.probs, two.probs, atol=1e-4)
     metrics = json.loads((tmp_path / "run2" / "metrics.json").read_text())
     assert [r["eval_rows"] for r in metrics["epochs"]] == [33, 33]
+    # only the main process writes files: the same files as one process, plus the second process's RNG states
+    files = [{str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()} for run in (run_dir, tmp_path / "run2")]
+    assert files[1] - files[0] == {f"checkpoints/{name}/random_states_1.pkl" for name in ("best", "last")}
+    assert files[0] <= files[1]

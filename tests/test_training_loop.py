@@ -102,6 +102,75 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch):
         [r["train_loss"] for r in reference_state.history], abs=1e-6)
 
 
+class NoisyData(ToyData):
+    """ToyData with random augmentation (noise drawn from the global torch RNG when a row is fetched)."""
+
+    def __getitem__(self, i):
+        row = super().__getitem__(i)
+        return {**row, "inputs": {"features": row["inputs"]["features"] + 0.5 * torch.randn(8)}}
+
+
+class DropoutModel(ToyModel):
+    def __init__(self, classes: int = 3):
+        super().__init__(classes)
+        self.net.insert(2, nn.Dropout(0.3))
+
+
+def run_noisy(tmp_path, resume=False, seed=0, **changes):
+    training = training_config(**changes)
+    torch.manual_seed(seed)
+    model = DropoutModel()
+    accelerator = loop.make_accelerator(training, tmp_path)
+    train_loader, eval_loader = loop.make_dataloaders(NoisyData(64), ToyData(31, seed=1), None, training, 0,
+                                                      accelerator=accelerator)
+    return loop.train(model, train_loader, eval_loader, training, tmp_path, accelerator, resume=resume)
+
+
+def test_resume_inside_an_epoch_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    # 64 rows, batches of 4, 2 batches per optimizer step: 8 steps per epoch; dropout and augmentation
+    # make the comparison sensitive to every random draw
+    changes = {"epochs": 2, "batch_size": 4, "gradient_accumulation_steps": 2, "lr": 0.05, "warmup_ratio": 0.3}
+    save, saved = loop.save_checkpoint, []
+
+    def save_and_count(accelerator, directory):
+        saved.append(directory.name)
+        save(accelerator, directory)
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_and_count)
+    reference = run_noisy(tmp_path / "reference", **changes)
+    assert saved.count(loop.LAST) == 2  # checkpoint_steps 0 (the default): one checkpoint per epoch
+
+    def save_then_die(accelerator, directory):
+        save_and_count(accelerator, directory)
+        if saved.count(loop.LAST) == 5:  # steps 3, 6, end of epoch 1, steps 9, 12: 4 steps into epoch 2
+            raise KeyboardInterrupt("killed in the middle of epoch 2")
+
+    saved.clear()
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_noisy(tmp_path / "killed", checkpoint_steps=3, **changes)
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    capsys.readouterr()
+    resumed = run_noisy(tmp_path / "killed", resume=True, seed=123, checkpoint_steps=3, **changes)
+    assert "after epoch 1, batch 8 of epoch 2" in capsys.readouterr().out
+    final = [load_file(tmp_path / name / "checkpoints" / "last" / "model.safetensors") for name in ("reference", "killed")]
+    assert all(torch.allclose(final[0][k], final[1][k], atol=1e-6) for k in final[0])
+    assert [r["train_loss"] for r in resumed.history] == pytest.approx(
+        [r["train_loss"] for r in reference.history], abs=1e-6)
+    assert resumed.batches_in_epoch == 0
+
+
+def test_augmentation_is_seeded_per_row_and_epoch():
+    rows = loop.SeededRows(NoisyData(8), seed=3)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    first = rows[(0, 5)]["inputs"]["features"]
+    assert torch.equal(torch.get_rng_state(), state)  # fetching leaves the training RNG alone
+    torch.manual_seed(1)
+    assert torch.equal(rows[(0, 5)]["inputs"]["features"], first)  # the same row and epoch: the same draw
+    assert not torch.equal(rows[(1, 5)]["inputs"]["features"], first)  # another epoch: another draw
+
+
 def test_early_stopping_stops_after_patience(tmp_path):
     _, state = run(tmp_path, epochs=6, lr=1e-12, early_stopping_patience=2)
     assert len(state.history) == 3  # the best epoch, then two without improvement

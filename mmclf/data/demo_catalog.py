@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
+
+from mmclf.progress import progress_bar
 
 PRODUCT_TYPES = {
     "10": "used books",
@@ -473,7 +474,7 @@ def generate_catalog(
     noisy_labels, flips = flip_labels(rng, splits["train"]["labels"], label_noise)
 
     total = rows + test_rows
-    with tqdm(total=total, desc="demo catalog images", unit="img", disable=not progress) as bar:
+    with progress_bar(total=total, desc="demo catalog images", unit="img", disable=not progress) as bar:
         for split, part in splits.items():
             folder = out / f"image_{split}"
             for i, code in enumerate(part["labels"]):

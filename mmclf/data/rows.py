@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from mmclf.data.readers import RawTable
+from mmclf.progress import progress_bar
 
 LIST_LIMIT = 20  # how many offending ids or files a summary lists
 
@@ -80,7 +80,7 @@ def locate_images(table: RawTable, images_dir: Path | None, present: set, check:
     unreadable_before = len(check.unreadable)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = pool.map(check_image, [p for _, p in candidates], chunksize=64)
-        for (row, path), (status, detail) in tqdm(
+        for (row, path), (status, detail) in progress_bar(
             zip(candidates, results), total=len(candidates), desc=f"checking images in {images_dir.name}", unit="img"
         ):
             if status == "unreadable":

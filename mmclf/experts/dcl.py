@@ -21,7 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -124,30 +123,6 @@ def adversarial_outputs(config: dict, classes: int) -> int:
     return 2 if config["adversarial"] == "binary" else 2 * classes
 
 
-class DestructionRows(torch.utils.data.Dataset):
-    """The DCL expert's training rows. Row i of epoch e is augmented and destroyed with the CPU random generator
-    seeded from (seed, e, i) alone, so one process or many, any number of DataLoader workers and a resumed run
-    all see the same images. The training loop calls `set_epoch` before each epoch."""
-
-    def __init__(self, expert: DCLExpert, dataset, seed: int):
-        self.expert, self.seed, self.epoch = expert, seed, 0
-        self.rows = dataset.select_columns([c for c in ("image", "label") if c in dataset.column_names])
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        row = self.rows[int(index)]
-        seed = int(np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1, np.uint64)[0])
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)  # the CPU generator only: a GPU's stays untouched
-            encoded = self.expert.encode_batch({key: [value] for key, value in row.items()}, train=True)
-        return {key: values[0] for key, values in encoded.items()}
-
-
 class DCLExpert(ImageExpert):
     kind = "image-dcl"
     config_defaults = CONFIG_DEFAULTS
@@ -191,11 +166,6 @@ class DCLExpert(ImageExpert):
         return copy_image_weights(self.model.classifier, ImageExpert.from_pretrained(directory).model, directory)
 
     # --- encoding -----------------------------------------------------------------------------------------
-
-    def encode(self, dataset, train: bool):
-        if not train:
-            return super().encode(dataset, train=False)
-        return DestructionRows(self, dataset, seed=torch.initial_seed())  # the run's seed (set before encoding)
 
     def encode_batch(self, batch: dict, train: bool) -> dict:
         """Training rows also get `destroyed_values` (the augmented image destroyed) and `source` (its permutation)."""

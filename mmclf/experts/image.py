@@ -7,12 +7,18 @@ resizes, rotates, random-crops and flips; evaluation resizes and centre-crops.
 
 Rows without an image are kept: they get a blank image of the normalisation mean colour (so the input
 is all zeros after normalisation) and the dataset's `has_image` flag says which rows they are.
+
+A dataset written by `mmclf cache-images` with a column `image_<resize_size>px` is read from that column
+(images already decoded and resized: the same inputs, without JPEG decoding); other datasets from `image`.
 """
 
 from __future__ import annotations
 
+import warnings
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from huggingface_hub import PyTorchModelHubMixin
@@ -20,6 +26,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
+from mmclf.data.image_cache import cache_column, cached_image, cached_sizes
 from mmclf.experts.base import Expert
 from mmclf.hub import from_pretrained_quietly
 
@@ -113,6 +120,18 @@ def check_image_config(config: dict) -> None:
         raise ValueError(f"model.missing_image must be 'blank', got {config['missing_image']!r}")
 
 
+class NormalizedTensor:
+    """`T.ToTensor()` then `T.Normalize(mean, std)`: the same values, in a third of the time (one copy of the
+    pixels instead of four; the tensor keeps the image's channels-last layout until batches are stacked)."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+        return pixels.float().div_(255).sub_(self.mean).div_(self.std)
+
+
 class ImageExpert(Expert):
     kind = "image"
     task = "image-classification"
@@ -162,16 +181,30 @@ class ImageExpert(Expert):
             steps += [T.RandomCrop(m.image_size), T.RandomHorizontalFlip(config["hflip"])]
         else:
             steps.append(T.CenterCrop(m.image_size))
-        return T.Compose(steps + [T.ToTensor(), T.Normalize(m.mean, m.std)])
+        return T.Compose(steps + [NormalizedTensor(m.mean, m.std)])
 
     def blank_image(self) -> Image.Image:
         colour = tuple(round(255 * c) for c in self.model.mean)
         return Image.new("RGB", (self.model.resize_size, self.model.resize_size), colour)
 
+    def encode(self, dataset, train: bool):
+        """Lazily encoded rows; from the decoded-image cache column when the dataset has one at resize_size."""
+        cached = cache_column(self.model.resize_size)
+        if cached not in dataset.column_names:
+            if cached_sizes(dataset.column_names):
+                warnings.warn(f"the dataset caches images at {cached_sizes(dataset.column_names)} px, not at this "
+                              f"expert's resize_size {self.model.resize_size}: decoding the original images",
+                              stacklevel=2)
+            return super().encode(dataset, train)
+        columns = [cached] + [c for c in ("label",) if c in dataset.column_names]
+        return dataset.with_transform(partial(self.encode_batch, train=train), columns=columns)
+
     def encode_batch(self, batch: dict, train: bool) -> dict:
         """Images decoded and transformed (works in DataLoader workers); rows without one get the blank image."""
         transform = self.transforms[train]
-        images = [self.blank_image() if image is None else image.convert("RGB") for image in batch["image"]]
+        cached = cache_column(self.model.resize_size)
+        images = [cached_image(value) for value in batch[cached]] if cached in batch else batch["image"]
+        images = [self.blank_image() if image is None else image.convert("RGB") for image in images]
         encoded = {"pixel_values": [transform(image) for image in images]}
         if "label" in batch:
             encoded["labels"] = batch["label"]

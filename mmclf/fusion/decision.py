@@ -38,13 +38,13 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
-from tqdm.auto import tqdm
 
 from mmclf.evaluation import macro_f1, scores
 from mmclf.fusion.ensemble import majority_vote
 from mmclf.fusion.trainer import train_heads
 from mmclf.hub import from_pretrained_quietly, write_model_card
 from mmclf.probability_tables import ProbabilityTable, TableMismatchError, align_tables
+from mmclf.progress import progress_bar
 
 FUSION_FILE = "fusion.json"
 
@@ -274,7 +274,7 @@ def fit_decision_fusion(
             torch.manual_seed(seed * 1000 + fold)
             heads.append(FusionHead(class_names, names, hidden_size))
     generator = torch.Generator().manual_seed(seed)
-    with tqdm(total=epochs, desc=f"fusion ({folds_used} folds)", disable=not progress) as bar:
+    with progress_bar(total=epochs, desc=f"fusion ({folds_used} folds)", disable=not progress) as bar:
         results = train_heads(heads, (x_all,), y_all, [tr for tr, _ in fold_splits], [ho for _, ho in fold_splits],
                               epochs=epochs, lr=lr, batch_size=batch_size, generator=generator, progress=bar)
     oof_probs = np.zeros((len(labelled), len(class_names)), dtype=np.float32)

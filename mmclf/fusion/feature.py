@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
-from tqdm.auto import tqdm
 
 from mmclf.evaluation import scores
 from mmclf.fusion.trainer import train_heads
 from mmclf.hub import write_model_card
+from mmclf.progress import progress_bar
 
 COMBINE_MODES = ("concat", "sum", "attention")
 
@@ -171,7 +171,7 @@ def fit_feature_fusion(
     rows = len(train[0])
     inputs = tuple(torch.from_numpy(np.concatenate([x, v])) for x, v in zip(train, val))
     labels = torch.cat([y_train, torch.from_numpy(y_val)])
-    with tqdm(total=epochs, desc=f"feature fusion ({combine})", disable=not progress) as bar:
+    with progress_bar(total=epochs, desc=f"feature fusion ({combine})", disable=not progress) as bar:
         result = train_heads([model], inputs, labels, [torch.arange(rows)], [torch.arange(rows, len(labels))],
                              epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                              generator=torch.Generator().manual_seed(seed), progress=bar)[0]

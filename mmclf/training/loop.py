@@ -12,15 +12,20 @@ resume, early stopping and tracker logging.
 Batch size is global: batches are split across processes (`split_batches=True`), so a run on N
 processes sees the same batches, and reaches the same result, as a run on one.
 
-Resume works at epoch granularity: checkpoints are written at the end of each epoch, and a resumed
-run restarts at the first unfinished epoch with the model, optimizer, scheduler, RNG states, the
-sampler's epoch and the loop state (epoch counter, best score, history) of the last checkpoint.
+Resume: checkpoints are written at the end of each epoch and, with `checkpoint_steps: N`, every N
+optimizer steps inside an epoch too. A resumed run continues from the last one, with the model,
+optimizer, scheduler, RNG states, the sampler's epoch and the loop state (epoch counter, batches done in
+the unfinished epoch, best score, history): inside an epoch it skips the batches already done
+(Accelerate's `skip_first_batches`) and reaches the same weights as an uninterrupted run. Random data
+augmentation is seeded per row from (seed, epoch, row), so it is the same on any number of processes or
+workers and after a resume.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +35,12 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env
-from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import get_scheduler
 
 from mmclf import evaluation
 from mmclf.experts.base import decay_groups
+from mmclf.progress import progress_bar
 
 BEST, LAST = "best", "last"
 
@@ -45,6 +50,8 @@ class LoopState:
     """What a resumed run needs beyond model/optimizer/scheduler/RNG: saved with every checkpoint."""
 
     epoch: int = 0  # epochs completed
+    batches_in_epoch: int = 0  # batches done in the unfinished epoch (a checkpoint inside an epoch)
+    epoch_loss_sum: float = 0.0  # their summed training loss (mean over processes)
     best_score: float = -1.0
     best_epoch: int = -1
     epochs_without_improvement: int = 0
@@ -62,12 +69,14 @@ class EpochSampler(Sampler):
 
     With `lengths`, indices are grouped by length: shuffled, cut into chunks of 50 batches, each chunk
     sorted by length, and the resulting batches shuffled (less padding, still random).
+    With `with_epoch`, it yields (epoch, index) pairs, the keys `SeededRows` reads.
     """
 
-    def __init__(self, num_rows: int, seed: int, lengths=None, batch_size: int = 1):
+    def __init__(self, num_rows: int, seed: int, lengths=None, batch_size: int = 1, with_epoch: bool = False):
         self.num_rows, self.seed, self.epoch = num_rows, seed, 0
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.batch_size = batch_size
+        self.with_epoch = with_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -91,7 +100,36 @@ class EpochSampler(Sampler):
             batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
             batch_order = torch.randperm(len(batches), generator=generator).tolist()
             order = np.concatenate([batches[b] for b in batch_order])
+        if self.with_epoch:
+            return ((self.epoch, i) for i in order.tolist())
         return iter(order.tolist())
+
+
+class SeededRows(Dataset):
+    """The training rows, each fetched with the random generators (torch CPU, numpy, random) seeded from
+    (seed, epoch, row): a row's random augmentation does not depend on which process or worker fetches it,
+    nor on what was fetched before. torch's CPU generator, which the training step draws from (dropout), is
+    restored after the fetch; numpy's and random's are left as the row seeded them (nothing in the step draws
+    from them, and saving numpy's state would cost more than the augmentation). Keys are the (epoch, index)
+    pairs of `EpochSampler(with_epoch=True)`."""
+
+    def __init__(self, rows, seed: int):
+        self.rows, self.seed = rows, seed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        row_seed = hash((self.seed, epoch, index)) & 0xFFFF_FFFF  # ints hash the same in every process and run
+        training_rng = torch.get_rng_state()
+        torch.random.default_generator.manual_seed(row_seed)  # CPU only: the GPU generators are left alone
+        np.random.seed(row_seed)
+        random.seed(row_seed)
+        try:
+            return self.rows[index]
+        finally:
+            torch.set_rng_state(training_rng)
 
 
 def process_state() -> PartialState:
@@ -133,8 +171,11 @@ def make_dataloaders(train_dataset, eval_dataset, collate_fn, training: dict, se
     train_loader = None
     if train_dataset is not None:
         sampler = EpochSampler(len(train_dataset), seed, lengths if training.get("group_by_length") else None,
-                               training["batch_size"])
-        train_loader = DataLoader(train_dataset, batch_size=training["batch_size"], sampler=sampler, **common)
+                               training["batch_size"], with_epoch=True)
+        # its own generator: starting an epoch's iterator does not draw from the training RNG, so a resume
+        # inside an epoch continues the same RNG sequence as an uninterrupted run
+        train_loader = DataLoader(SeededRows(train_dataset, seed), batch_size=training["batch_size"], sampler=sampler,
+                                  generator=torch.Generator().manual_seed(seed), **common)
     eval_loader = None
     if eval_dataset is not None:
         eval_loader = DataLoader(eval_dataset, batch_size=training["eval_batch_size"], shuffle=False, **common)
@@ -142,12 +183,14 @@ def make_dataloaders(train_dataset, eval_dataset, collate_fn, training: dict, se
 
 
 def build_optimizer(groups: list[dict], training: dict) -> torch.optim.Optimizer:
-    """AdamW or SGD over parameter groups; a group's `lr_scale` multiplies the recipe's learning rate."""
+    """AdamW or SGD over parameter groups; a group's `lr_scale` multiplies the recipe's learning rate.
+    `fused_optimizer`: one fused kernel for all parameters (CPU and CUDA) instead of one per tensor."""
     groups = [{**{k: v for k, v in g.items() if k != "lr_scale"}, "lr": training["lr"] * g.get("lr_scale", 1.0)}
               for g in groups]
+    fused = {"fused": True} if training.get("fused_optimizer") else {}
     if training["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=training["lr"], momentum=training["momentum"])
-    return torch.optim.AdamW(groups, lr=training["lr"])
+        return torch.optim.SGD(groups, lr=training["lr"], momentum=training["momentum"], **fused)
+    return torch.optim.AdamW(groups, lr=training["lr"], **fused)
 
 
 def build_scheduler(optimizer, training: dict, steps_per_epoch: int):
@@ -175,7 +218,7 @@ def predict(accelerator: Accelerator, model, loader, logits_fn=logits_of, desc: 
     """Logits and labels of every row of a prepared, unshuffled loader, gathered over processes in row order."""
     model.eval()
     all_logits, all_labels = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
+    for batch in progress_bar(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
         with accelerator.autocast():
             logits = logits_fn(model(**batch["inputs"]))
         logits, labels = accelerator.gather_for_metrics((logits.contiguous(), batch["targets"]["labels"]))
@@ -211,22 +254,25 @@ def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path,
         accelerator.register_for_checkpointing(sampler)
     if resume and (checkpoints / LAST).is_dir():
         accelerator.load_state(str(checkpoints / LAST))
-        accelerator.print(f"resumed from {checkpoints / LAST} after epoch {state.epoch}")
+        inside = f", batch {state.batches_in_epoch} of epoch {state.epoch + 1}" if state.batches_in_epoch else ""
+        accelerator.print(f"resumed from {checkpoints / LAST} after epoch {state.epoch}{inside}")
     if accelerator.trackers == [] and accelerator.log_with:
         accelerator.init_trackers(Path(run_dir).name or "mmclf", config=tracker_config or {})
 
     clip = training.get("max_grad_norm") or 0
     patience = training.get("early_stopping_patience") or 0
+    checkpoint_steps = training.get("checkpoint_steps") or 0
+    accumulation = training["gradient_accumulation_steps"]
     for epoch in range(state.epoch, training["epochs"]):
         if patience and state.epochs_without_improvement >= patience:
             break
         model.train()
         train_loader.set_epoch(epoch)
-        if hasattr(train_loader.dataset, "set_epoch"):  # rows augmented from (seed, epoch, index), e.g. DCL's
-            train_loader.dataset.set_epoch(epoch)
-        total_loss, batches = torch.zeros((), device=accelerator.device), 0
-        progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{training['epochs']}",
-                        disable=not accelerator.is_local_main_process)
+        batches = state.batches_in_epoch  # > 0: resuming from a checkpoint inside this epoch
+        total_loss = torch.full((), state.epoch_loss_sum, device=accelerator.device)
+        epoch_batches = accelerator.skip_first_batches(train_loader, batches) if batches else train_loader
+        progress = progress_bar(epoch_batches, desc=f"epoch {epoch + 1}/{training['epochs']}", initial=batches,
+                                total=len(train_loader), disable=not accelerator.is_local_main_process)
         for batch in progress:
             with accelerator.accumulate(model):
                 loss = loss_fn(model(**batch["inputs"]), batch["targets"])
@@ -240,6 +286,13 @@ def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path,
             batches += 1
             if batches % 10 == 0:
                 progress.set_postfix(loss=f"{total_loss.item() / batches:.4f}")
+            steps = epoch * steps_per_epoch + batches // accumulation  # optimizer steps so far
+            if (checkpoint_steps and accelerator.sync_gradients and steps % checkpoint_steps == 0
+                    and batches < len(train_loader)):  # the end of the epoch has its own checkpoint
+                state.batches_in_epoch = batches
+                state.epoch_loss_sum = accelerator.reduce(total_loss, "mean").item()
+                save_checkpoint(accelerator, checkpoints / LAST)
+        state.batches_in_epoch, state.epoch_loss_sum = 0, 0.0
 
         logits, labels = predict(accelerator, model, eval_loader, logits_fn, desc="evaluate")
         train_loss = accelerator.reduce(total_loss, "mean").item() / max(batches, 1)
