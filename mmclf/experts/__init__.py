@@ -17,6 +17,7 @@ EXPERT_FILE = "mmclf_expert.json"
 KINDS = {
     "text": "mmclf.experts.text:TextExpert",
     "image": "mmclf.experts.image:ImageExpert",
+    "tfidf": "mmclf.experts.tfidf:TfidfExpert",
 }
 
 
