@@ -60,6 +60,15 @@ def test_saved_without_pickle_and_reload_gives_identical_probabilities(tfidf_run
     np.testing.assert_array_equal(expert_probabilities(expert, dataset["test"]), saved.probs)
 
 
+def test_predict_expert_writes_the_same_table(tfidf_run, tmp_path):
+    root, _, run_dir = tfidf_run
+    assert main(["predict-expert", "--model", str(run_dir / "model"), "--dataset", str(root / "ds"), "--split", "test",
+                 "--out", str(tmp_path / "test.parquet")]) == 0
+    written, saved = ProbabilityTable.load(tmp_path / "test.parquet"), ProbabilityTable.load(run_dir / "probs" / "test.parquet")
+    assert written.ids == saved.ids
+    np.testing.assert_array_equal(written.probs, saved.probs)
+
+
 def test_probabilities_match_scikit_learns_own_pipeline():
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
