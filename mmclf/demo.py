@@ -1,13 +1,15 @@
 """`mmclf demo`: the whole pipeline on the built-in demo catalog, ending in the paper's Table 1.
 
-catalog -> dataset -> text and image experts (k-fold out-of-fold probabilities + a final model)
--> feature-level fusion (frozen experts' features, concatenated) and decision-level fusion
-(several fused runs) -> majority-vote ensemble of the fused runs -> `mmclf predict` through the
-saved pipeline -> evaluation report. Every number is measured on the held-out test split.
+catalog -> dataset -> three experts: the tiny transformer text expert, the classic TF-IDF text expert
+and the tiny image expert (k-fold out-of-fold probabilities + a final model each) -> feature-level
+fusion (frozen network experts' features, concatenated) and decision-level fusion (fused runs over
+different expert sets and seeds, as the paper mixed configurations) -> majority-vote ensemble of the
+fused runs -> `mmclf predict` through the saved pipeline -> evaluation report. Every number is
+measured on the held-out test split.
 
 Stages whose outputs already exist in OUT are reused, so an interrupted demo resumes where it
-stopped (delete a stage's folder to redo it). Writes OUT/report.json with the keys text, image,
-feature_fusion, decision_fusion, ensemble (test macro-F1) and OUT/report.md.
+stopped (delete a stage's folder to redo it). Writes OUT/report.json with the keys of TABLE_ROWS
+(test macro-F1) and OUT/report.md.
 """
 
 from __future__ import annotations
@@ -19,16 +21,32 @@ from pathlib import Path
 import numpy as np
 
 TABLE_ROWS = (
-    ("text", "Text expert only"),
+    ("text", "Text expert only (tiny transformer)"),
+    ("tfidf", "Text expert only (TF-IDF + logistic regression)"),
     ("image", "Image expert only"),
-    ("feature_fusion", "Feature-level fusion (concat)"),
-    ("decision_fusion", "Decision-level fusion (one run)"),
+    ("feature_fusion", "Feature-level fusion (concat, tiny text + image)"),
+    ("decision_fusion", "Decision-level fusion (tiny text + image, one run)"),
+    ("decision_fusion_tfidf", "Decision-level fusion (TF-IDF + image, one run)"),
+    ("decision_fusion_all", "Decision-level fusion (all three experts, one run)"),
     ("ensemble", "Ensemble of fused runs (majority vote)"),
 )
 
+RECIPES = {"text": "text-tiny", "tfidf": "text-tfidf", "image": "image-tiny"}  # the demo's experts by name
 
-def _train(expert: str, dataset_dir: Path, run_dir: Path, folds: int, seed: int, overrides: list[str]) -> Path:
-    from mmclf.training.config import load_config
+# the fused runs of the ensemble: (experts, head hidden size), cycled with seed + run index; the first
+# three give the table's decision-level rows
+FUSED_RUNS = (
+    (("text", "image"), 0),
+    (("tfidf", "image"), 0),
+    (("tfidf", "text", "image"), 0),
+    (("tfidf", "text", "image"), 6),
+    (("tfidf", "image"), 6),
+)
+FUSED_ROWS = ("decision_fusion", "decision_fusion_tfidf", "decision_fusion_all")
+
+
+def _train(recipe: str, dataset_dir: Path, run_dir: Path, folds: int, seed: int, overrides: list[str]) -> Path:
+    from mmclf.training.config import load_config, read_recipe
     from mmclf.training.train import train_expert
 
     if (run_dir / "metrics.json").is_file() and (folds < 2 or (run_dir / "probs" / "oof.parquet").is_file()):
@@ -36,13 +54,14 @@ def _train(expert: str, dataset_dir: Path, run_dir: Path, folds: int, seed: int,
         return run_dir
     if run_dir.exists():  # an interrupted run: resume it
         overrides = [*overrides, "resume=true"]
-    config = load_config(f"{expert}-tiny", [f"dataset={dataset_dir}", f"output_dir={run_dir}", f"folds={folds}",
-                                            f"seed={seed}", "training.log_with=none", *overrides])
+    quiet = ["training.log_with=none"] if "log_with" in read_recipe(recipe)["training"] else []
+    config = load_config(recipe, [f"dataset={dataset_dir}", f"output_dir={run_dir}", f"folds={folds}",
+                                  f"seed={seed}", *quiet, *overrides])
     return train_expert(config)
 
 
 def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion_runs: int = 5,
-             label_noise: float = 0.0, text_overrides=(), image_overrides=()) -> dict:
+             label_noise: float = 0.0, text_overrides=(), image_overrides=(), tfidf_overrides=()) -> dict:
     from datasets import load_from_disk
 
     from mmclf.data.build import build_dataset
@@ -75,12 +94,11 @@ def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion
     test_labels = np.asarray(dataset["test"]["label"][:])
     stage("catalog and dataset")
 
-    runs = {
-        "text": _train("text", dataset_dir, out / "experts" / "text", folds, seed, list(text_overrides)),
-        "image": _train("image", dataset_dir, out / "experts" / "image", folds, seed, list(image_overrides)),
-    }
+    overrides = {"text": text_overrides, "tfidf": tfidf_overrides, "image": image_overrides}
+    runs = {name: _train(recipe, dataset_dir, out / "experts" / name, folds, seed, list(overrides[name]))
+            for name, recipe in RECIPES.items()}
     stage("experts")
-    oof = [ProbabilityTable.load(runs[e] / "probs" / "oof.parquet") for e in runs]
+    oof = {e: ProbabilityTable.load(runs[e] / "probs" / "oof.parquet") for e in runs}
     test = [ProbabilityTable.load(runs[e] / "probs" / "test.parquet") for e in runs]
     scores = {expert: macro_f1(test_labels, table.predictions()) for expert, table in zip(runs, test)}
 
@@ -88,27 +106,30 @@ def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion
     # and selected on validation.
     feature_dir = out / "fusion" / "feature-concat"
     if not (feature_dir / "metrics.json").is_file():
-        fuse_expert_features({e: runs[e] / "model" for e in runs}, dataset, feature_dir, combine="concat", seed=seed)
+        fuse_expert_features({e: runs[e] / "model" for e in ("text", "image")}, dataset, feature_dir, combine="concat",
+                             seed=seed)
     feature_test = ProbabilityTable.load(feature_dir / "probs" / "test.parquet")
     scores["feature_fusion"] = macro_f1(test_labels, feature_test.predictions())
     stage("feature-level fusion")
 
-    # Decision-level fusion: fused runs differing in seed (fold split, initialisation) and head
-    # (one layer / hidden 6 as in the paper), trained on the experts' out-of-fold probabilities.
+    # Decision-level fusion: fused runs differing in their experts, seed (fold split, initialisation) and
+    # head (one layer / hidden 6 as in the paper), trained on the experts' out-of-fold probabilities.
     fusion_dirs, votes, fused_scores, run_scores = [], [], [], []
     for i in range(fusion_runs):
+        experts, hidden_size = FUSED_RUNS[i % len(FUSED_RUNS)]
         fusion_dir = out / "fusion" / f"decision-{i}"
         if (fusion_dir / "fusion.json").is_file():
             model = FusionModel.load(fusion_dir)
         else:
-            model = fit_decision_fusion(oof, folds=8, hidden_size=0 if i % 2 == 0 else 6, seed=seed + i)
+            model = fit_decision_fusion({e: oof[e] for e in experts}, folds=8, hidden_size=hidden_size, seed=seed + i)
             model.save(fusion_dir)
         predicted, _, probs = model.predict(test)
         fusion_dirs.append(fusion_dir)
         votes.append(predicted)
         fused_scores.append(probs)
         run_scores.append(macro_f1(test_labels, predicted))
-    scores["decision_fusion"] = run_scores[0]
+    for key, score in zip(FUSED_ROWS, run_scores):
+        scores[key] = score
     winners, _ = majority_vote(np.stack(votes), len(class_names), tie_break_scores=np.mean(fused_scores, axis=0))
     scores["ensemble"] = macro_f1(test_labels, winners)
     stage("decision-level fusion and ensemble")
@@ -128,10 +149,11 @@ def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion
     pipeline.save_pretrained(out / "pipeline")
     stage("predict and evaluate")
 
-    report = {key: round(scores[key], 4) for key, _ in TABLE_ROWS}
+    report = {key: round(scores[key], 4) for key, _ in TABLE_ROWS if key in scores}
     report["details"] = {
         "rows": rows, "seed": seed, "expert_folds": folds, "fusion_runs": fusion_runs, "label_noise": label_noise,
         "test_rows": len(test_labels), "decision_fusion_runs": [round(s, 4) for s in run_scores],
+        "decision_fusion_experts": [list(FUSED_RUNS[i % len(FUSED_RUNS)][0]) for i in range(fusion_runs)],
         "seconds": seconds, "total_seconds": round(time.perf_counter() - started, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -141,7 +163,7 @@ def run_demo(out_dir, *, rows: int = 3000, seed: int = 0, folds: int = 3, fusion
 
 def table_markdown(report: dict) -> str:
     lines = ["| method | test macro-F1 |", "|---|---:|"]
-    lines += [f"| {label} | {report[key]:.4f} |" for key, label in TABLE_ROWS]
+    lines += [f"| {label} | {report[key]:.4f} |" for key, label in TABLE_ROWS if key in report]
     return "\n".join(lines) + "\n"
 
 
@@ -154,11 +176,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--label-noise", type=float, default=0.0, help="fraction of training labels flipped")
     parser.add_argument("--text", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the text-tiny recipe")
     parser.add_argument("--image", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the image-tiny recipe")
+    parser.add_argument("--tfidf", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the text-tfidf recipe")
 
 
 def run(args) -> int:
     report = run_demo(args.out, rows=args.rows, seed=args.seed, folds=args.folds, fusion_runs=args.fusion_runs,
-                      label_noise=args.label_noise, text_overrides=args.text, image_overrides=args.image)
+                      label_noise=args.label_noise, text_overrides=args.text, image_overrides=args.image,
+                      tfidf_overrides=args.tfidf)
     print()
     print(table_markdown(report))
     print(f"report: {Path(args.out) / 'report.json'}; predictions: {Path(args.out) / 'predictions.csv'}; "

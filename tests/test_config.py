@@ -12,7 +12,8 @@ from mmclf.training.config import (
     write_config,
 )
 
-SHIPPED = ["image-resnet152-224", "image-tiny", "text-camembert-base", "text-camembert-large", "text-tiny"]
+SHIPPED = ["image-resnet152-224", "image-resnet152-dcl-448", "image-tiny", "image-tiny-dcl", "text-camembert-base",
+           "text-camembert-large", "text-tfidf", "text-tiny"]
 
 
 def test_shipped_recipes_are_complete_and_valid():

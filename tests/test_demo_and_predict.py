@@ -30,11 +30,20 @@ def test_demo_writes_table_1_and_every_artifact(demo):
     assert {key for key, _ in TABLE_ROWS} <= set(report)
     assert all(0.0 <= report[key] <= 1.0 for key, _ in TABLE_ROWS)
     assert len(report["details"]["decision_fusion_runs"]) == 3
-    assert "| Decision-level fusion (one run) |" in (out / "report.md").read_text()
+    # the fused runs mix expert sets: tiny text + image, TF-IDF + image, all three
+    assert report["details"]["decision_fusion_experts"] == [["text", "image"], ["tfidf", "image"],
+                                                           ["tfidf", "text", "image"]]
+    assert [report[k] for k in ("decision_fusion", "decision_fusion_tfidf", "decision_fusion_all")] == \
+        report["details"]["decision_fusion_runs"]
+    table = (out / "report.md").read_text()
+    assert "| Text expert only (TF-IDF + logistic regression) |" in table
+    assert "| Decision-level fusion (all three experts, one run) |" in table
+    assert json.loads((out / "fusion" / "decision-1" / "fusion.json").read_text())["expert_names"] == ["tfidf", "image"]
     for path in ("pipeline/pipeline.json", "pipeline/README.md", "pipeline/experts/image/model.safetensors",
-                 "evaluation/report.json", "evaluation/confusion_matrix.png",
-                 "experts/text/probs/oof.parquet", "experts/image/model/mmclf_expert.json",
-                 "fusion/feature-concat/config.json", "fusion/decision-2/fusion.json"):
+                 "pipeline/experts/tfidf/vocabulary.parquet", "evaluation/report.json", "evaluation/confusion_matrix.png",
+                 "experts/text/probs/oof.parquet", "experts/tfidf/probs/oof.parquet",
+                 "experts/image/model/mmclf_expert.json", "fusion/feature-concat/config.json",
+                 "fusion/decision-2/fusion.json"):
         assert (out / path).is_file(), path
     evaluation = json.loads((out / "evaluation" / "report.json").read_text())
     assert evaluation["macro_f1"] == pytest.approx(report["ensemble"], abs=1e-4)
@@ -102,10 +111,11 @@ def test_push_uploads_exactly_the_self_contained_pipeline(demo):
                for p in (out / "pipeline").rglob("*") if p.is_file()}
     assert uploaded == on_disk  # the saved folder, file for file and byte for byte
     assert {"pipeline.json", "README.md", "experts/text/mmclf_expert.json", "experts/image/model.safetensors",
+            "experts/tfidf/vocabulary.parquet", "experts/tfidf/model.safetensors",
             "fusions/2/fusion.json", "fusions/2/folds/0/model.safetensors"} <= set(uploaded)
     assert not any(p.endswith((".pkl", ".pickle", ".bin")) or "checkpoints" in p for p in uploaded)
     spec = json.loads(uploaded["pipeline.json"])
-    assert spec["experts"] == {"text": "experts/text", "image": "experts/image"}
+    assert spec["experts"] == {"text": "experts/text", "tfidf": "experts/tfidf", "image": "experts/image"}
     assert spec["fusions"] == ["fusions/0", "fusions/1", "fusions/2"]
     assert len(spec["class_names"]) == 27
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _fusion_fixtures import half_expert_tables
+from _fusion_fixtures import half_expert_tables, missing_modality_tables
 from sklearn.metrics import f1_score
 
 from mmclf.cli import main
@@ -205,3 +205,21 @@ def test_predict_tables_in_another_order_are_matched_by_name(tmp_path, capsys):
     assert main(["fuse", "--tables", f"a={paths['train', 0]}", f"b={paths['train', 1]}", "--folds", "3", "--epochs",
                  "2", "--out", str(tmp_path / "named")]) == 0
     assert json.loads((tmp_path / "named" / "fusion.json").read_text())["expert_names"] == ["a", "b"]
+
+
+def test_fusion_never_loses_to_its_best_expert_when_another_sees_its_modality_on_few_rows(tmp_path):
+    tables = missing_modality_tables(1500, seed=0)  # the image expert is uninformative on 88 % of the rows
+    text, image = (macro_f1(t.labels, t.predictions()) for t in tables)
+    assert image < 0.1 and text > 0.4
+    for hidden_size in (0, 6):
+        model = fit_decision_fusion(tables, hidden_size=hidden_size, progress=False)
+        assert model.cv_metrics["oof_macro_f1"] >= text, hidden_size
+    weights = torch.stack([head.expert_weights for head in model.heads]).detach()
+    assert (weights[:, 0] > weights[:, 1]).all()  # every fold head learnt to trust the text expert more
+    model.save(tmp_path / "fusion")
+    reloaded = FusionModel.load(tmp_path / "fusion")
+    assert (reloaded.options["start"], reloaded.options["class_weight"]) == ("mean", "balanced")
+    np.testing.assert_array_equal(reloaded.predict(tables)[2], model.predict(tables)[2])
+    # the paper's head (probabilities, random start, plain cross-entropy) stays an option; here it falls far behind
+    paper = fit_decision_fusion(tables, start="random", class_weight=None, progress=False)
+    assert paper.cv_metrics["oof_macro_f1"] < text - 0.1

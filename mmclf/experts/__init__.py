@@ -18,6 +18,7 @@ KINDS = {
     "text": "mmclf.experts.text:TextExpert",
     "image": "mmclf.experts.image:ImageExpert",
     "image-dcl": "mmclf.experts.dcl:DCLExpert",
+    "tfidf": "mmclf.experts.tfidf:TfidfExpert",
 }
 
 

@@ -3,6 +3,13 @@
 The head is one linear layer (hidden_size=0) or linear -> ReLU -> linear with a small hidden
 layer (6 in the paper), trained with cross-entropy and Adam (lr 0.01, 40 epochs, mini-batches
 of 256 rows, reshuffled each epoch) on CPU by the heads trainer (`mmclf.fusion.trainer`).
+By default the head's logits are the experts' weighted mean log-probability (a weighted product
+of experts, one learnt weight per expert, starting equal) plus the layers over the probabilities
+as a correction that starts at zero, and the loss is weighed by inverse class frequency: where one
+expert is weak, or its modality is missing on most rows, the head starts from the experts'
+consensus and learns how little to trust the weak one, instead of having to find the strong
+expert from a random start. The paper's head (the layers alone, random start, plain
+cross-entropy) stays available: start="random", class_weight=None.
 Training uses stratified, seeded k-fold cross-validation (k=8) over the labelled rows: each fold
 keeps the epoch with the best macro-F1 on its held-out part. At inference the k fold heads vote
 (see mmclf.fusion.ensemble for the tie-break: highest mean softmax probability of the fold heads
@@ -47,18 +54,32 @@ from mmclf.probability_tables import ProbabilityTable, TableMismatchError, align
 from mmclf.progress import progress_bar
 
 FUSION_FILE = "fusion.json"
+FUSION_INPUTS = ("probs", "log_probs")
+FUSION_STARTS = ("random", "mean")
+CLASS_WEIGHTS = (None, "balanced")
+LOG_FLOOR = 1e-6  # log-probability inputs: probabilities below this count as this
 
 
 class FusionHead(nn.Module, PyTorchModelHubMixin, library_name="mmclf", tags=["mmclf", "decision-level-fusion"]):
-    """Logits over the classes from the concatenated probabilities of the experts, in `expert_names` order."""
+    """Logits over the classes from the concatenated probabilities of the experts, in `expert_names` order.
+
+    inputs: what the layers read: "probs" (the paper) or "log_probs" (logarithms clipped at LOG_FLOOR).
+    start: "random" (the paper): the layers alone, initialised at random. "mean": the logits are the experts'
+    weighted mean log-probability (a weighted product of experts; one weight per expert, learnt, starting
+    equal) plus the layers' output, whose last layer starts at zero: a head starts as the experts' consensus
+    and learns how much to trust each expert and a correction.
+    """
 
     def __init__(self, class_names: list[str], expert_names: list[str] | None = None, hidden_size: int = 0,
-                 expert_sources: list[str] | None = None):
+                 expert_sources: list[str] | None = None, inputs: str = "probs", start: str = "random"):
         super().__init__()
+        if inputs not in FUSION_INPUTS or start not in FUSION_STARTS:
+            raise ValueError(f"fusion inputs must be one of {FUSION_INPUTS} and start one of {FUSION_STARTS}, "
+                             f"got {inputs!r}, {start!r}")
         self.class_names = list(class_names)
         # heads saved by mmclf 0.1 recorded table sources such as "text/oof": the name is the part before "/"
         self.expert_names = list(expert_names or [s.split("/")[0] for s in expert_sources or []])
-        self.hidden_size = hidden_size
+        self.hidden_size, self.inputs, self.start = hidden_size, inputs, start
         num_inputs = len(self.expert_names) * len(self.class_names)
         num_classes = len(self.class_names)
         if hidden_size > 0:
@@ -67,9 +88,18 @@ class FusionHead(nn.Module, PyTorchModelHubMixin, library_name="mmclf", tags=["m
             )
         else:
             self.layers = nn.Sequential(nn.Linear(num_inputs, num_classes))
+        if start == "mean":
+            nn.init.zeros_(self.layers[-1].weight)
+            nn.init.zeros_(self.layers[-1].bias)
+            self.expert_weights = nn.Parameter(torch.full((len(self.expert_names),), 1.0 / len(self.expert_names)))
 
     def forward(self, probs: torch.Tensor) -> torch.Tensor:
-        return self.layers(probs)
+        log_probs = probs.clamp_min(LOG_FLOOR).log()
+        logits = self.layers(log_probs if self.inputs == "log_probs" else probs)
+        if self.start == "mean":
+            per_expert = log_probs.unflatten(-1, (len(self.expert_names), len(self.class_names)))
+            logits = logits + (per_expert * self.expert_weights[:, None]).sum(dim=-2)
+        return logits
 
 
 def named_tables(tables) -> dict[str, ProbabilityTable]:
@@ -236,10 +266,19 @@ def fit_decision_fusion(
     lr: float = 0.01,
     batch_size: int = 256,
     seed: int = 0,
+    inputs: str = "probs",
+    start: str = "mean",
+    class_weight: str | None = "balanced",
     progress: bool = True,
 ) -> FusionModel:
     """Train k fold heads on the labelled rows of the experts' tables (a list, or {name: table}); rows with
-    label -1 are ignored."""
+    label -1 are ignored. class_weight "balanced" weighs each row's loss by the inverse of its class's
+    frequency (as scikit-learn does), so every class counts alike, as in macro-F1. The defaults (a head that
+    starts as the experts' weighted product and learns a correction over their probabilities, balanced loss) keep
+    the fusion at or above its best expert where another expert is weak; start="random", class_weight=None is the
+    paper's head."""
+    if class_weight not in CLASS_WEIGHTS:
+        raise ValueError(f"class_weight must be one of {CLASS_WEIGHTS}, got {class_weight!r}")
     named = named_tables(train_tables)
     if not named:
         raise ValueError("no probability tables given")
@@ -264,7 +303,12 @@ def fit_decision_fusion(
     folds_used = choose_folds(labels, class_names, folds)
     options = {"folds_requested": folds, "folds_used": folds_used, "hidden_size": hidden_size, "epochs": epochs,
                "lr": lr, "batch_size": batch_size, "seed": seed, "optimizer": "adam", "loss": "cross_entropy",
-               "activation": "relu" if hidden_size > 0 else "none", "num_train_rows": len(labelled)}
+               "activation": "relu" if hidden_size > 0 else "none", "inputs": inputs, "start": start,
+               "class_weight": class_weight, "num_train_rows": len(labelled)}
+    class_weights = None
+    if class_weight == "balanced":
+        counts = np.bincount(labels, minlength=len(class_names))
+        class_weights = torch.from_numpy(len(labels) / (np.count_nonzero(counts) * np.maximum(counts, 1))).float()
 
     splitter = StratifiedKFold(n_splits=folds_used, shuffle=True, random_state=seed)
     fold_splits = [(torch.from_numpy(tr), torch.from_numpy(ho)) for tr, ho in splitter.split(np.zeros(len(labels)), labels)]
@@ -272,11 +316,12 @@ def fit_decision_fusion(
     with torch.random.fork_rng(devices=[]):
         for fold in range(folds_used):
             torch.manual_seed(seed * 1000 + fold)
-            heads.append(FusionHead(class_names, names, hidden_size))
+            heads.append(FusionHead(class_names, names, hidden_size, inputs=inputs, start=start))
     generator = torch.Generator().manual_seed(seed)
     with progress_bar(total=epochs, desc=f"fusion ({folds_used} folds)", disable=not progress) as bar:
         results = train_heads(heads, (x_all,), y_all, [tr for tr, _ in fold_splits], [ho for _, ho in fold_splits],
-                              epochs=epochs, lr=lr, batch_size=batch_size, generator=generator, progress=bar)
+                              epochs=epochs, lr=lr, batch_size=batch_size, generator=generator, progress=bar,
+                              class_weights=class_weights)
     oof_probs = np.zeros((len(labelled), len(class_names)), dtype=np.float32)
     fold_metrics = []
     with torch.no_grad():
@@ -336,6 +381,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per Adam step (default 256)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inputs", choices=FUSION_INPUTS, default="probs",
+                        help="what the head's layers read: the experts' probabilities (default, the paper) or their "
+                        "logarithms")
+    parser.add_argument("--start", choices=FUSION_STARTS, default="mean",
+                        help="mean (default): the head is the experts' weighted product (weights learnt, starting "
+                        "equal) plus the layers as a correction starting at zero; random: the paper's head")
+    parser.add_argument("--class-weight", choices=["none", "balanced"], default="balanced",
+                        help="balanced (default): each row's loss weighted by the inverse frequency of its class; "
+                        "none: the paper's plain cross-entropy")
     feature = parser.add_argument_group("feature level")
     feature.add_argument("--experts", nargs="+", metavar="NAME=MODEL_DIR", help="saved experts (RUN/model)")
     feature.add_argument("--dataset", help="built dataset: trained on train, selected on validation, all splits predicted")
@@ -375,7 +429,8 @@ def run(args) -> int:
         raise TableMismatchError(f"--predict-tables come from experts {sorted(predict_tables)} but --tables from "
                                  f"{sorted(tables)}: give one table per expert, named alike (NAME=PATH)")
     model = fit_decision_fusion(tables, folds=args.folds, hidden_size=args.hidden_size, epochs=args.epochs,
-                                lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+                                lr=args.lr, batch_size=args.batch_size, seed=args.seed, inputs=args.inputs,
+                                start=args.start, class_weight=None if args.class_weight == "none" else args.class_weight)
     out = Path(args.out)
     cli_options = {"tables": list(args.tables), "predict_tables": args.predict_tables, "train_splits": args.train_splits}
     model.save(out, extra_options=cli_options)

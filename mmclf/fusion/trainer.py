@@ -23,8 +23,9 @@ from mmclf.evaluation import macro_f1
 
 def train_heads(heads, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor, train_rows: list[torch.Tensor],
                 eval_rows: list[torch.Tensor], *, epochs: int, lr: float, batch_size: int, weight_decay: float = 0.0,
-                generator: torch.Generator, progress=None) -> list[dict]:
-    """Train `heads` (same architecture; `head(*inputs[rows])` gives logits) with Adam and cross-entropy.
+                generator: torch.Generator, progress=None, class_weights: torch.Tensor | None = None) -> list[dict]:
+    """Train `heads` (same architecture; `head(*inputs[rows])` gives logits) with Adam and cross-entropy
+    (each row's loss weighted by its class's entry of `class_weights` when given).
 
     Returns one result per head; on return every head holds its best epoch's weights, in eval mode."""
     folds = len(heads)
@@ -51,7 +52,8 @@ def train_heads(heads, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor, t
                 batch = order[:, step * batch_size : (step + 1) * batch_size]
                 weight = mask[:, step * batch_size : (step + 1) * batch_size]
                 logits = batched_logits(params, buffers, *(x[batch] for x in inputs))
-                losses = F.cross_entropy(logits.flatten(0, 1), labels[batch].flatten(), reduction="none")
+                losses = F.cross_entropy(logits.flatten(0, 1), labels[batch].flatten(), weight=class_weights,
+                                         reduction="none")
                 per_fold = (losses.view_as(weight) * weight).sum(dim=1)
                 optimizer.zero_grad(set_to_none=True)
                 (per_fold / weight.sum(dim=1).clamp(min=1.0)).sum().backward()

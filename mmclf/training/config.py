@@ -86,7 +86,11 @@ def read_recipe(name_or_path: str | Path) -> dict:
 def schema_for(expert: str, sections: dict | None = None) -> dict:
     """The schema of an expert kind's runs; `sections` adds a command's own top-level sections (e.g. `denoise`)."""
     schema = copy.deepcopy(SCHEMA)
-    schema["model"] = copy.deepcopy(expert_class(expert).config_defaults)
+    kind = expert_class(expert)
+    schema["model"] = copy.deepcopy(kind.config_defaults)
+    if not kind.trains_with_loop:  # fitted in one call: of the training keys only the prediction batch size applies
+        schema["training"] = {"eval_batch_size": TRAINING_DEFAULTS["eval_batch_size"]}
+        del schema["init_from"]  # and there are no weights to start from
     schema.update(copy.deepcopy(sections or {}))
     return schema
 
@@ -159,7 +163,7 @@ def parse_overrides(overrides) -> dict:
 
 
 def validate(config: dict) -> None:
-    training = config["training"]
+    training = {**TRAINING_DEFAULTS, **config["training"]}
     checks = [
         (config["folds"] is not None and int(config["folds"]) >= 1, "folds must be an integer >= 1"),
         (training["epochs"] >= 1, "training.epochs must be >= 1"),
