@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,12 @@ def test_normalized_tensor_equals_to_tensor_then_normalize():
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     expected = T.Compose([T.ToTensor(), T.Normalize(mean, std)])(image)
     assert torch.equal(NormalizedTensor(mean, std)(image), expected)
+
+
+def test_a_last_batch_of_one_row_is_dropped_not_fed_to_batchnorm(tmp_path):
+    # 33 training rows in batches of 16: the third batch would hold 1 row, which BatchNorm cannot normalise
+    dataset_dir = save_dataset_dict(tmp_path / "ds", train_rows=33, validation_rows=8, test_rows=0)
+    run = tmp_path / "run"
+    train_expert(load_config("image-tiny", [f"dataset={dataset_dir}", f"output_dir={run}", *TINY, "training.epochs=2"]))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [epoch["train_batches"] for epoch in metrics["epochs"]] == [2, 2]

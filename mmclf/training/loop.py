@@ -174,8 +174,13 @@ def make_dataloaders(train_dataset, eval_dataset, collate_fn, training: dict, se
                                training["batch_size"], with_epoch=True)
         # its own generator: starting an epoch's iterator does not draw from the training RNG, so a resume
         # inside an epoch continues the same RNG sequence as an uninterrupted run
+        # a last batch of under 2 rows per process is dropped: BatchNorm cannot train on 1 row (the sampler
+        # reshuffles every epoch, so no row is left out every time)
+        processes = accelerator.num_processes if accelerator is not None else 1
+        remainder = len(train_dataset) % training["batch_size"]
+        drop_last = len(train_dataset) > training["batch_size"] and 0 < remainder < 2 * processes
         train_loader = DataLoader(SeededRows(train_dataset, seed), batch_size=training["batch_size"], sampler=sampler,
-                                  generator=torch.Generator().manual_seed(seed), **common)
+                                  generator=torch.Generator().manual_seed(seed), drop_last=drop_last, **common)
     eval_loader = None
     if eval_dataset is not None:
         eval_loader = DataLoader(eval_dataset, batch_size=training["eval_batch_size"], shuffle=False, **common)
@@ -299,7 +304,7 @@ def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path,
         eval_loss = float(F.cross_entropy(torch.from_numpy(logits[labels >= 0]), torch.from_numpy(labels[labels >= 0])))
         score = macro_f1(logits, labels)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "eval_loss": eval_loss, "eval_macro_f1": score,
-                  "eval_rows": len(labels), "lr": scheduler.get_last_lr()[0]}
+                  "eval_rows": len(labels), "train_batches": batches, "lr": scheduler.get_last_lr()[0]}
         state.epoch = epoch + 1
         state.history.append(record)
         improved = score > state.best_score
