@@ -129,7 +129,8 @@ def main() -> None:
                    f"output_dir={run_dir} folds={args.folds}")
         if not (run_dir / "metrics.json").is_file():
             start = time.perf_counter()
-            train_expert(load_config("text-tfidf", command.split()[4:]))
+            resume = ["resume=true"] if run_dir.exists() else []  # an interrupted run continues
+            train_expert(load_config("text-tfidf", command.split()[4:] + resume))
             print(f"{command}: {time.perf_counter() - start:.0f} s")
         metrics = json.loads((run_dir / "metrics.json").read_text())
         folds = [f["best_eval_macro_f1"] for f in metrics["folds"]]

@@ -13,7 +13,7 @@ from mmclf.training.config import (
 )
 
 SHIPPED = ["image-resnet152-224", "image-resnet152-dcl-448", "image-tiny", "image-tiny-dcl", "text-camembert-base",
-           "text-camembert-large", "text-tfidf", "text-tiny"]
+           "text-camembert-base-short", "text-camembert-large", "text-camembert-large-short", "text-tfidf", "text-tiny"]
 
 
 def test_shipped_recipes_are_complete_and_valid():
@@ -23,7 +23,15 @@ def test_shipped_recipes_are_complete_and_valid():
         config = load_config(name)
         # every schema key is spelled out in the shipped file itself, not filled from defaults
         assert set(flatten(recipe)) == set(flatten(schema_for(config["expert"]))), name
-    assert load_config("text-camembert-base")["training"]["lr"] == pytest.approx(5e-5)
+    # the recipes named after the paper hold its settings; the practical variants have names of their own
+    for name, lr, batch in (("text-camembert-base", 5e-5, 128), ("text-camembert-large", 3e-5, 64)):
+        training = load_config(name)["training"]
+        assert (training["optimizer"], training["scheduler"], training["epochs"], training["batch_size"],
+                training["early_stopping_patience"]) == ("adamw", "linear", 40, batch, 0)
+        assert training["lr"] == pytest.approx(lr) and training["warmup_ratio"] > 0
+        short = load_config(f"{name}-short")
+        assert (short["training"]["epochs"], short["training"]["early_stopping_patience"]) == (4, 1)
+        assert short["model"] == load_config(name)["model"]
     assert load_config("text-camembert-large")["model"]["name"] == "camembert/camembert-large"
     paper = load_config("image-resnet152-224")["training"]
     assert (paper["optimizer"], paper["lr"], paper["momentum"], paper["scheduler"], paper["step_epochs"],

@@ -66,3 +66,32 @@ def test_image_run_killed_inside_an_epoch_on_two_processes_resumes_on_one(tmp_pa
     assert tables[1].ids == tables[0].ids
     assert np.allclose(tables[0].probs, tables[1].probs, atol=1e-4)
     assert np.abs(tables[0].probs - 1 / 4).max() > 0.05  # the model learned something: the check can fail
+
+
+def test_tfidf_expert_on_two_processes_writes_the_same_tables_as_one(tmp_path):
+    dataset_dir = save_dataset_dict(tmp_path / "ds", train_rows=64, validation_rows=24, test_rows=12)
+    train = ["train", "--config", "text-tfidf", f"dataset={dataset_dir}", "folds=2", "model.min_df=1"]
+    assert main([*train, f"output_dir={tmp_path / 'one'}"]) == 0
+    result = launch_two_processes("-m", "mmclf", *train, f"output_dir={tmp_path / 'two'}", port=29533)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for table in ("oof", "validation", "test"):
+        one, two = (ProbabilityTable.load(tmp_path / run / "probs" / f"{table}.parquet") for run in ("one", "two"))
+        assert two.ids == one.ids and np.array_equal(one.probs, two.probs), table
+    files = [{str(p.relative_to(tmp_path / run)) for p in (tmp_path / run).rglob("*") if p.is_file()}
+             for run in ("one", "two")]
+    assert files[0] == files[1]  # only the main process writes
+
+
+def test_a_denoise_run_on_two_processes_ranks_as_one(tmp_path):
+    dataset_dir = save_dataset_dict(tmp_path / "ds", train_rows=80, validation_rows=24, test_rows=0)
+    denoise = ["denoise", "--config", "text-tiny", f"dataset={dataset_dir}", "folds=2", "model.max_length=24",
+               "model.tiny_vocab_size=200", "training.epochs=2", "training.batch_size=16", "training.log_with=none",
+               "training.num_workers=0", "denoise.cut.of=all", "denoise.datalab.enabled=false"]
+    assert main([*denoise, f"output_dir={tmp_path / 'one'}"]) == 0
+    result = launch_two_processes("-m", "mmclf", *denoise, f"output_dir={tmp_path / 'two'}", port=29535)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (ProbabilityTable.load(tmp_path / run / "probs" / "oof.parquet") for run in ("one", "two"))
+    assert len(two) == 104 and two.ids == one.ids  # every train and validation row judged once
+    assert np.allclose(one.probs, two.probs, atol=1e-4)
+    removed = [json.loads((tmp_path / run / "summary.json").read_text())["removed_label_issues"] for run in ("one", "two")]
+    assert removed[0] == removed[1] == round(0.1 * 104)

@@ -105,6 +105,9 @@ class EpochSampler(Sampler):
         return iter(order.tolist())
 
 
+LAST_BATCH_MIN_ROWS = 16  # 2 rows a process on up to 8 processes
+
+
 class SeededRows(Dataset):
     """The training rows, each fetched with the random generators (torch CPU, numpy, random) seeded from
     (seed, epoch, row): a row's random augmentation does not depend on which process or worker fetches it,
@@ -174,11 +177,11 @@ def make_dataloaders(train_dataset, eval_dataset, collate_fn, training: dict, se
                                training["batch_size"], with_epoch=True)
         # its own generator: starting an epoch's iterator does not draw from the training RNG, so a resume
         # inside an epoch continues the same RNG sequence as an uninterrupted run
-        # a last batch of under 2 rows per process is dropped: BatchNorm cannot train on 1 row (the sampler
-        # reshuffles every epoch, so no row is left out every time)
-        processes = accelerator.num_processes if accelerator is not None else 1
+        # a last batch of under LAST_BATCH_MIN_ROWS rows is dropped: BatchNorm cannot train on 1 row per process. The
+        # rule does not depend on the process count, so 1 and N processes train on the same batches; the sampler
+        # reshuffles every epoch, so no row is left out every time.
         remainder = len(train_dataset) % training["batch_size"]
-        drop_last = len(train_dataset) > training["batch_size"] and 0 < remainder < 2 * processes
+        drop_last = len(train_dataset) > training["batch_size"] and 0 < remainder < LAST_BATCH_MIN_ROWS
         train_loader = DataLoader(SeededRows(train_dataset, seed), batch_size=training["batch_size"], sampler=sampler,
                                   generator=torch.Generator().manual_seed(seed), drop_last=drop_last, **common)
     eval_loader = None
