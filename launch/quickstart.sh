@@ -40,13 +40,7 @@ step train-tfidf "$experts/tfidf/metrics.json" \
 
 fusions=()
 fuse_sets validation text,image tfidf,image text,tfidf,image
-step ensemble "$out/ensemble_test.csv" mmclf ensemble --inputs "${fusions[@]}" --split test --out "$out/ensemble_test.csv"
-oof=("${fusions[@]/%//probs/oof.parquet}")  # each fused run's out-of-fold probabilities of the validation rows
-step ensemble-validation "$out/ensemble_validation.csv" \
-    mmclf ensemble --inputs "${oof[@]}" --split validation --out "$out/ensemble_validation.csv"
-step evaluate-validation "$out/evaluation-validation/report.json" \
-    mmclf evaluate --predictions "$out/ensemble_validation.csv" --dataset "$data" --split validation \
-    --out "$out/evaluation-validation"
+vote_and_score "$data"
 step pipeline "$out/pipeline/pipeline.json" \
     mmclf pipeline --experts text="$experts/text/model" tfidf="$experts/tfidf/model" image="$experts/image/model" \
     --fusions "${fusions[@]}" --out "$out/pipeline"

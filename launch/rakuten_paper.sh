@@ -39,17 +39,12 @@ step train-tfidf "$experts/tfidf/metrics.json" \
 
 fusions=()
 fuse_sets validation text-base,image text-large,image text-base,text-large,tfidf,image
-step ensemble "$out/ensemble_test.csv" mmclf ensemble --inputs "${fusions[@]}" --split test --out "$out/ensemble_test.csv"
-oof=("${fusions[@]/%//probs/oof.parquet}")  # each fused run's out-of-fold probabilities of the validation rows
-step ensemble-validation "$out/ensemble_validation.csv" \
-    mmclf ensemble --inputs "${oof[@]}" --split validation --out "$out/ensemble_validation.csv"
-step evaluate "$out/evaluation/report.json" \
-    mmclf evaluate --predictions "$out/ensemble_validation.csv" --dataset "$data" --split validation --out "$out/evaluation"
+vote_and_score "$data"
 step pipeline "$out/pipeline/pipeline.json" \
     mmclf pipeline --experts text-base="$experts/text-base/model" text-large="$experts/text-large/model" \
     tfidf="$experts/tfidf/model" image="$experts/image/model" --fusions "${fusions[@]}" --out "$out/pipeline"
 step predict "$out/submission.csv" \
     mmclf predict --pipeline "$out/pipeline" --input "$raw/X_test_update.csv" --images "$raw/images/image_test" \
     --out "$out/submission.csv" --device "$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')"
-echo "submission: $out/submission.csv; ensemble scored out of fold on validation: $out/evaluation/report.md"
+echo "submission: $out/submission.csv; ensemble scored out of fold on validation: $out/evaluation-validation/report.md"
 echo "new listings: mmclf predict --pipeline $out/pipeline --input X.csv --images DIR --out predictions.csv"

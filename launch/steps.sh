@@ -8,6 +8,8 @@
 #                                  $out/experts), head (hidden 0 and 6) and seed (0 and 1), trained on the
 #                                  experts' SPLITS table (e.g. validation), predicting their test tables;
 #                                  appends the run folders to the array `fusions`.
+# vote_and_score DATASET           majority vote of the `fusions` on the test split ($out/ensemble_test.csv), and of
+#                                  their out-of-fold probabilities on validation, evaluated ($out/evaluation-validation)
 
 export MMCLF_PROGRESS_INTERVAL=${MMCLF_PROGRESS_INTERVAL:-30}  # progress as a log line every 30 s
 
@@ -53,4 +55,15 @@ fuse_sets() {
             done
         done
     done
+}
+
+vote_and_score() {
+    local dataset=$1
+    local oof=("${fusions[@]/%//probs/oof.parquet}")  # each fused run's out-of-fold probabilities of validation rows
+    step ensemble "$out/ensemble_test.csv" mmclf ensemble --inputs "${fusions[@]}" --split test --out "$out/ensemble_test.csv"
+    step ensemble-validation "$out/ensemble_validation.csv" \
+        mmclf ensemble --inputs "${oof[@]}" --split validation --out "$out/ensemble_validation.csv"
+    step evaluate-validation "$out/evaluation-validation/report.json" \
+        mmclf evaluate --predictions "$out/ensemble_validation.csv" --dataset "$dataset" --split validation \
+        --out "$out/evaluation-validation"
 }

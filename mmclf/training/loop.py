@@ -175,13 +175,13 @@ def make_dataloaders(train_dataset, eval_dataset, collate_fn, training: dict, se
     if train_dataset is not None:
         sampler = EpochSampler(len(train_dataset), seed, lengths if training.get("group_by_length") else None,
                                training["batch_size"], with_epoch=True)
-        # its own generator: starting an epoch's iterator does not draw from the training RNG, so a resume
-        # inside an epoch continues the same RNG sequence as an uninterrupted run
         # a last batch of under LAST_BATCH_MIN_ROWS rows is dropped: BatchNorm cannot train on 1 row per process. The
         # rule does not depend on the process count, so 1 and N processes train on the same batches; the sampler
         # reshuffles every epoch, so no row is left out every time.
         remainder = len(train_dataset) % training["batch_size"]
         drop_last = len(train_dataset) > training["batch_size"] and 0 < remainder < LAST_BATCH_MIN_ROWS
+        # its own generator: starting an epoch's iterator does not draw from the training RNG, so a resume
+        # inside an epoch continues the same RNG sequence as an uninterrupted run
         train_loader = DataLoader(SeededRows(train_dataset, seed), batch_size=training["batch_size"], sampler=sampler,
                                   generator=torch.Generator().manual_seed(seed), drop_last=drop_last, **common)
     eval_loader = None

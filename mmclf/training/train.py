@@ -92,9 +92,10 @@ def build_or_reload_expert(config: dict, class_names: list[str], train_dataset, 
             config["model"], class_names, train_dataset)
         expert.metadata.update(name=name, dataset=str(config["dataset"]),
                                recipe={"training": config["training"], "seed": config["seed"]})
-        if not reuse and config.get("init_from"):
-            state.print(expert.initialise_from(saved_model_dir(config.get("init_from"))))
-            expert.metadata["init_from"] = str(config.get("init_from"))
+        init_from = config.get("init_from")  # absent from the schema of experts fitted in one call
+        if not reuse and init_from:
+            state.print(expert.initialise_from(saved_model_dir(init_from)))
+            expert.metadata["init_from"] = str(init_from)
         if not reuse:
             expert.save_pretrained(model_dir)
     state.wait_for_everyone()
@@ -118,7 +119,7 @@ def fold_init_from(config: dict, fold: int, held_ids: list[str]) -> str | None:
     run's final model was trained on them, and out-of-fold probabilities from it would be optimistic."""
     if not config.get("init_from"):
         return None
-    source = Path(config.get("init_from")) / "folds" / str(fold)
+    source = Path(config["init_from"]) / "folds" / str(fold)
     held = source / "probs" / "heldout.parquet"
     if not held.is_file() or set(ProbabilityTable.load(held).ids) != set(held_ids):
         raise ValueError(f"folds={config['folds']} with init_from={config['init_from']}: fold {fold} must start from "
@@ -263,7 +264,7 @@ def train_expert(config: dict) -> Path:
     config = resolve(config)
     dataset_dict, class_names = load_checked_dataset(config)
     if config.get("init_from"):
-        saved_model_dir(config.get("init_from"))  # a wrong path fails here, on every process, before the run starts
+        saved_model_dir(config["init_from"])  # a wrong path fails here, on every process, before the run starts
     run_dir = prepare_run_dir(config)
 
     metrics = {}
