@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--real", help="folder with X_sample.csv, Y_sample.csv, image_train/ to build as well")
     args = parser.parse_args()
 
-    from mmclf.data.demo_catalog import generate_catalog
+    from mmclf.demo_catalog import generate_catalog
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="mmclf-bench-"))
     rows_out = []

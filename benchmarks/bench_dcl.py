@@ -88,7 +88,7 @@ def macro_f1_on_test(run_dir: Path) -> float:
 
 def bench_quality(seeds: list[int], rows: int, out: Path, stage2_epochs: int) -> None:
     from mmclf.data.build import build_dataset
-    from mmclf.data.demo_catalog import generate_catalog
+    from mmclf.demo_catalog import generate_catalog
     from mmclf.training.config import load_config
 
     results = []

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mmclf.data.build import build_dataset
-from mmclf.data.demo_catalog import generate_catalog
+from mmclf.demo_catalog import generate_catalog
 from mmclf.denoise import SECTIONS, denoise
 from mmclf.evaluation import macro_f1
 from mmclf.probability_tables import ProbabilityTable
@@ -112,7 +112,7 @@ def tfidf_out_of_fold(dataset: Path, out: Path) -> Path:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from mmclf.training.train import fold_splits
+    from mmclf.training.folds import fold_splits
 
     if out.is_file():
         return out

@@ -9,17 +9,13 @@ trust for which class gets both halves right.
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 from mmclf.evaluation import macro_f1
 from mmclf.fusion.decision import fit_decision_fusion
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _fusion_fixtures import half_expert_tables  # the tests' synthetic two-expert tables
+from mmclf.testing import half_expert_tables  # the tests' synthetic two-expert tables
 
 
 def main():

@@ -61,7 +61,7 @@ def fit_in_child(dataset_dir: Path) -> dict:
 
 def demo_dataset(workdir: Path, rows: int) -> Path:
     from mmclf.data.build import build_dataset
-    from mmclf.data.demo_catalog import generate_catalog
+    from mmclf.demo_catalog import generate_catalog
 
     catalog, dataset_dir = workdir / f"catalog-{rows}", workdir / f"dataset-{rows}"
     if not (dataset_dir / "summary.json").is_file():

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import html
 import re
-import sys
 import tempfile
 from pathlib import Path
 
@@ -23,12 +22,10 @@ from PIL import Image
 from scipy.sparse import csr_matrix, hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 
-from mmclf.data.demo_catalog import VISUAL_GROUP_OF, generate_catalog
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _demo_signal import colour_histograms  # the tests' colour-histogram image features
+from mmclf.demo_catalog import VISUAL_GROUP_OF, generate_catalog
+from mmclf.scoring import macro_f1
+from mmclf.testing import colour_histograms
 
 
 def clean(text) -> str:
@@ -44,10 +41,10 @@ def load_split(out: Path, split: str):
     return texts, paths, y
 
 
-def macro_f1(train_x, train_y, test_x, test_y) -> float:
+def logistic_regression_f1(train_x, train_y, test_x, test_y) -> float:
     model = LogisticRegression(C=10, max_iter=3000)
     model.fit(train_x, train_y)
-    return f1_score(test_y, model.predict(test_x), average="macro")
+    return macro_f1(test_y, model.predict(test_x))
 
 
 def tiny_cnn_scores(train_paths, train_y, test_paths, test_y, epochs: int = 2) -> tuple[float, float]:
@@ -83,7 +80,7 @@ def tiny_cnn_scores(train_paths, train_y, test_paths, test_y, epochs: int = 2) -
         predicted = model(test_x).argmax(1).numpy()
     target = test_target.numpy()
     group = np.array([VISUAL_GROUP_OF[str(c)] for c in classes])
-    return f1_score(target, predicted, average="macro"), float((group[predicted] == group[target]).mean())
+    return macro_f1(target, predicted), float((group[predicted] == group[target]).mean())
 
 
 def main() -> None:
@@ -105,11 +102,11 @@ def main() -> None:
         both_test = hstack([test_t, csr_matrix(test_i)]).tocsr()
         print(f"rows={args.rows} test_rows={args.test_rows} seed={args.seed}")
         print(f"text  (TF-IDF + logistic regression)           macro-F1 "
-              f"{macro_f1(train_t, train_y, test_t, test_y):.3f}")
+              f"{logistic_regression_f1(train_t, train_y, test_t, test_y):.3f}")
         print(f"image (colour histogram + logistic regression) macro-F1 "
-              f"{macro_f1(train_i, train_y, test_i, test_y):.3f}")
+              f"{logistic_regression_f1(train_i, train_y, test_i, test_y):.3f}")
         print(f"both  (concatenated + logistic regression)      macro-F1 "
-              f"{macro_f1(both_train, train_y, both_test, test_y):.3f}")
+              f"{logistic_regression_f1(both_train, train_y, both_test, test_y):.3f}")
         if args.cnn:
             f1, group_accuracy = tiny_cnn_scores(train_paths, train_y, test_paths, test_y)
             print(f"image (tiny CNN, 2 epochs from scratch)         macro-F1 {f1:.3f}, "

@@ -23,6 +23,7 @@ import pandas as pd
 
 from mmclf.data.rows import sorted_codes
 from mmclf.probability_tables import ProbabilityTable
+from mmclf.scoring import macro_f1, scores  # noqa: F401  (re-exported: mmclf.evaluation.macro_f1)
 
 METRIC_PATH = Path(__file__).parent / "metrics" / "classification_report.py"
 PREDICTION_COLUMNS = ("prediction", "prdtypecode", "label")
@@ -35,34 +36,6 @@ def load_metric():
     import evaluate
 
     return evaluate.load(str(METRIC_PATH))
-
-
-def _f1_per_class(labels: np.ndarray, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """F1 and support of every class present in labels or predictions (bincount: it runs once per fold and epoch)."""
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
-    size = int(max(labels.max(), predictions.max())) + 1
-    true_positives = np.bincount(labels[labels == predictions], minlength=size)
-    support = np.bincount(labels, minlength=size)
-    totals = support + np.bincount(predictions, minlength=size)
-    present = totals > 0
-    return 2 * true_positives[present] / totals[present], support[present]
-
-
-def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
-    """Macro-F1 over the classes present in labels or predictions, as sklearn's f1_score(average="macro",
-    zero_division=0)."""
-    return float(_f1_per_class(labels, predictions)[0].mean())
-
-
-def scores(labels: np.ndarray, predictions: np.ndarray) -> dict:
-    """Macro-F1 (the challenge metric), support-weighted F1 and accuracy of the rows with a known label (>= 0)."""
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
-    known = labels >= 0
-    if not known.any():
-        return {}
-    f1, support = _f1_per_class(labels[known], predictions[known])
-    return {"macro_f1": float(f1.mean()), "weighted_f1": float((f1 * support).sum() / support.sum()),
-            "accuracy": float((labels[known] == predictions[known]).mean())}
 
 
 def compute_report(labels: np.ndarray, predictions: np.ndarray, class_names: list[str]) -> dict:
@@ -291,59 +264,40 @@ def to_indices(names, class_names: list[str], what: str, source) -> np.ndarray:
     return np.array([index[n] for n in names], dtype=np.int64)
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--predictions", required=True, help="probability table (.parquet) or CSV with id + predicted code")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--dataset", help="dataset directory written by `mmclf build-dataset` (labels and class order)")
-    source.add_argument("--labels", help="CSV with an id column and a class-code column")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--out", required=True, help="report directory (report.json, report.md, confusion_matrix.png)")
-    parser.add_argument("--id-column", default=None,
-                        help=f"id column of the CSV files (default: first of {list(ID_COLUMNS)}; "
-                        "'Unnamed: 0' is the challenge's unnamed index)")
-    parser.add_argument("--prediction-column", default=None,
-                        help=f"predicted-code column of a predictions CSV (default: first of {list(PREDICTION_COLUMNS)})")
-    parser.add_argument("--label-column", default=None,
-                        help=f"class-code column of a labels CSV (default: first of {list(LABEL_COLUMNS)})")
-
-
-def run(args) -> int:
-    pred_ids, predicted_names, table_labels, table_classes = read_predictions(
-        args.predictions, args.split, args.id_column, args.prediction_column
-    )
-    if args.dataset:
-        label_ids, label_values, class_names = read_labels_from_dataset(args.dataset, args.split)
+def evaluate_predictions(predictions, output_dir, *, dataset=None, labels=None, split: str = "test",
+                         id_column: str | None = None, prediction_column: str | None = None,
+                         label_column: str | None = None) -> dict:
+    """Score a probability table or predictions CSV against labels from a built dataset (`dataset`), a CSV
+    (`labels`), or, with neither, the table's own labels; write report.json, report.md and confusion_matrix.png
+    into `output_dir` and return the report. Every prediction needs a label and every labelled row a prediction."""
+    if dataset is not None and labels is not None:
+        raise ValueError("give labels from a dataset or from a CSV, not both")
+    pred_ids, predicted_names, table_labels, table_classes = read_predictions(predictions, split, id_column,
+                                                                              prediction_column)
+    if dataset is not None:
+        label_ids, label_values, class_names = read_labels_from_dataset(dataset, split)
         keep = label_values >= 0
         if not keep.all():
-            raise ValueError(
-                f"split {args.split!r} of {args.dataset} has {int((~keep).sum())} unlabelled rows; "
-                "evaluate a fully labelled split"
-            )
+            raise ValueError(f"split {split!r} of {dataset} has {int((~keep).sum())} unlabelled rows; "
+                             "evaluate a fully labelled split")
         if table_classes is not None and table_classes != class_names:
-            raise ValueError(f"class order of {args.predictions} differs from the dataset {args.dataset}")
+            raise ValueError(f"class order of {predictions} differs from the dataset {dataset}")
         label_names = [class_names[i] for i in label_values]
-        label_source = f"split {args.split!r} of {args.dataset}"
-    elif args.labels:
-        label_ids, label_names = read_labels_from_csv(args.labels, args.id_column, args.label_column)
+        label_source = f"split {split!r} of {dataset}"
+    elif labels is not None:
+        label_ids, label_names = read_labels_from_csv(labels, id_column, label_column)
         class_names = table_classes or sorted_codes(list(label_names) + list(predicted_names))
-        label_source = str(args.labels)
+        label_source = str(labels)
     else:
         if table_labels is None:
-            raise ValueError(
-                f"{args.predictions} carries no labels for split {args.split!r}: give --dataset or --labels"
-            )
+            raise ValueError(f"{predictions} carries no labels for split {split!r}: give a dataset or a labels CSV")
         class_names = table_classes
         label_ids, label_names = pred_ids, [class_names[i] for i in table_labels]
-        label_source = str(args.predictions)
+        label_source = str(predictions)
     label_names, predicted_names = match_predictions(pred_ids, predicted_names, label_ids, label_names, label_source)
-    labels = to_indices(label_names, class_names, "label", label_source)
-    predictions = to_indices(predicted_names, class_names, "prediction", args.predictions)
-    report = compute_report(labels, predictions, class_names)
-    extra = {"predictions": str(args.predictions), "labels": label_source, "split": args.split}
-    out_dir = write_report(report, args.out, title=f"Evaluation of {Path(args.predictions).name} ({args.split})",
-                           extra=extra)
-    print(
-        f"{args.split}: macro-F1 {report['macro_f1']:.4f}  weighted-F1 {report['weighted_f1']:.4f}  "
-        f"accuracy {report['accuracy']:.4f}  ({report['num_rows']} rows) -> {out_dir}"
-    )
-    return 0
+    label_indices = to_indices(label_names, class_names, "label", label_source)
+    predicted = to_indices(predicted_names, class_names, "prediction", predictions)
+    report = compute_report(label_indices, predicted, class_names)
+    extra = {"predictions": str(predictions), "labels": label_source, "split": split}
+    write_report(report, output_dir, title=f"Evaluation of {Path(predictions).name} ({split})", extra=extra)
+    return report

@@ -1,9 +1,13 @@
-"""The Hugging Face Hub boundary: model cards, uploads and Hub loading.
+"""One artifact protocol and the Hugging Face Hub boundary: model cards, uploads and Hub loading.
 
-Every saved expert, fusion run and pipeline folder carries a README.md model card built with
-`huggingface_hub.ModelCard`: metadata (library, tags, base model, dataset, metrics in `model-index`) and a
-body with the class list, the hyper-parameters and how to load and predict. Nothing here touches the
-network unless the user names a repository id.
+Experts, fusion runs and pipelines are artifacts (`Artifact`, the pattern of huggingface_hub's
+`PyTorchModelHubMixin`): `save_pretrained(dir)`, `from_pretrained(path_or_hub_id, revision=None)` and
+`push_to_hub(repo_id, ...)`. Each folder names its kind with a marker file (`ARTIFACT_MARKERS`), so
+`load_artifact(path_or_hub_id)` returns the right one, and anything `mmclf push` uploads loads back from its Hub id.
+
+Every saved folder carries a README.md model card built with `huggingface_hub.ModelCard`: metadata (library,
+tags, base model, dataset, metrics in `model-index`) and a body with the class list, the hyper-parameters and
+how to load and predict. Nothing here touches the network unless the user names a repository id.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 CARD_FILE = "README.md"
 SKIPPED_DIRS = {"checkpoints", "__pycache__", "logs"}
+SKIPPED_FILES = {".mmclf_done.json"}  # a workflow's done marker: local bookkeeping
 METRIC_NAMES = {"macro_f1": "Macro F1", "weighted_f1": "Weighted F1", "accuracy": "Accuracy"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -67,7 +72,7 @@ def push_folder(folder, repo_id: str, *, private: bool = False, token: str | Non
     operations = [
         CommitOperationAdd(path.relative_to(folder).as_posix(), str(path))
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and not SKIPPED_DIRS & set(path.relative_to(folder).parts[:-1])
+        if path.is_file() and path.name not in SKIPPED_FILES and not SKIPPED_DIRS & set(path.relative_to(folder).parts[:-1])
     ]
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
@@ -83,8 +88,9 @@ def from_pretrained_quietly(model_class, directory):
         return model_class.from_pretrained(str(directory))
 
 
-def local_or_hub(path_or_repo_id) -> Path:
-    """A local folder as is; an `owner/name` Hub id (that is not a local path) downloaded on demand."""
+def local_or_hub(path_or_repo_id, revision: str | None = None) -> Path:
+    """A local folder as is; an `owner/name` Hub id (that is not a local path) downloaded on demand, at `revision`
+    (a branch, tag or commit; default: main)."""
     text = str(path_or_repo_id)
     path = Path(text)
     if path.exists():
@@ -95,9 +101,64 @@ def local_or_hub(path_or_repo_id) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(text))
+        return Path(snapshot_download(text, revision=revision))
     except LocalEntryNotFoundError:
         raise FileNotFoundError(f"folder not found: {text} (and no cached Hub repository {text!r}; "
                                 "the Hub is not reachable offline)") from None
     except HfHubHTTPError as error:
         raise FileNotFoundError(f"folder not found: {text}, and the Hub answered: {error}") from None
+
+
+# kind -> the marker file its folders hold (checked in this order: a pipeline folder also holds experts)
+ARTIFACT_MARKERS = {"pipeline": "pipeline.json", "fusion": "fusion.json", "expert": "mmclf_expert.json"}
+ARTIFACT_CLASSES = {"pipeline": "mmclf.pipeline:MultimodalPipeline", "fusion": "mmclf.fusion.decision:FusionModel",
+                    "expert": "mmclf.experts:load_expert"}
+
+
+def artifact_kind(folder) -> str | None:
+    """"pipeline", "fusion" or "expert" by the marker file in `folder`; None when it holds none."""
+    return next((kind for kind, marker in ARTIFACT_MARKERS.items() if (Path(folder) / marker).is_file()), None)
+
+
+class Artifact:
+    """save_pretrained / from_pretrained / push_to_hub for one kind of mmclf folder.
+
+    A subclass writes its folder in `save_pretrained(directory)` (marker file included) and reads it in
+    `_from_folder(directory, **kwargs)`; `from_pretrained` resolves a Hub id first."""
+
+    artifact: str = ""  # the kind, a key of ARTIFACT_MARKERS
+
+    def save_pretrained(self, directory) -> Path:
+        raise NotImplementedError
+
+    @classmethod
+    def _from_folder(cls, directory: Path, **kwargs):
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id, revision: str | None = None, **kwargs):
+        """Load from a local folder or an `owner/name` Hub repository at `revision`."""
+        return cls._from_folder(local_or_hub(path_or_hub_id, revision), **kwargs)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
+                    commit_message: str | None = None, create_pr: bool = False) -> str:
+        """Save into a temporary folder and upload it in one commit; returns the commit (or PR) URL."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / self.artifact)
+            return push_folder(folder, repo_id, private=private, token=token, create_pr=create_pr,
+                               commit_message=commit_message or f"Upload mmclf {self.artifact}")
+
+
+def load_artifact(path_or_hub_id, revision: str | None = None):
+    """The expert, fusion run or pipeline saved at a local folder or Hub id, whatever its kind."""
+    import importlib
+
+    root = local_or_hub(path_or_hub_id, revision)
+    kind = artifact_kind(root)
+    if kind is None:
+        raise ValueError(f"{path_or_hub_id} is not an mmclf artifact (none of {sorted(ARTIFACT_MARKERS.values())})")
+    module, name = ARTIFACT_CLASSES[kind].split(":")
+    loader = getattr(importlib.import_module(module), name)
+    return loader(root) if kind == "expert" else loader.from_pretrained(root)

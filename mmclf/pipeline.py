@@ -22,7 +22,6 @@ title are predicted from what they have and counted (`PipelinePrediction.counts`
 from __future__ import annotations
 
 import json
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +34,10 @@ from mmclf.experts import EXPERT_FILE, load_expert, read_expert_info
 from mmclf.experts.base import Expert
 from mmclf.fusion.decision import FUSION_FILE, FusionModel
 from mmclf.fusion.ensemble import majority_vote
-from mmclf.hub import local_or_hub, push_folder, write_model_card
+from mmclf.hub import Artifact, write_model_card
 from mmclf.inference import expert_probabilities
 from mmclf.probability_tables import ProbabilityTable
+from mmclf.rundir import staged_file, staged_folder
 
 PIPELINE_FILE = "pipeline.json"
 PIPELINE_FORMAT = "mmclf-pipeline"
@@ -53,7 +53,9 @@ class PipelinePrediction:
     counts: dict  # rows, empty_title, without_description, without_image
 
 
-class MultimodalPipeline:
+class MultimodalPipeline(Artifact):
+    artifact = "pipeline"
+
     def __init__(self, experts: dict[str, Expert], fusions: list[FusionModel], metadata: dict | None = None):
         if not experts or not fusions:
             raise ValueError("a pipeline needs at least one expert and one fusion")
@@ -72,12 +74,13 @@ class MultimodalPipeline:
     # --- loading and saving -------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, folder_or_hub_id, device=None) -> MultimodalPipeline:
-        """Load a pipeline folder or `owner/name` Hub repository (experts, fusions and classes, once)."""
-        root = local_or_hub(folder_or_hub_id)
+    def _from_folder(cls, root: Path, device=None) -> MultimodalPipeline:
+        """A pipeline folder's experts, fusions and classes, loaded once (`from_pretrained` also takes an
+        `owner/name` Hub id, a `revision`, and `device`)."""
+        root = Path(root)
         spec = read_pipeline_spec(root)
         experts = {name: load_expert(root / path) for name, path in spec["experts"].items()}
-        fusions = [FusionModel.load(root / path) for path in spec["fusions"]]
+        fusions = [FusionModel.from_pretrained(root / path) for path in spec["fusions"]]
         pipeline = cls(experts, fusions, spec.get("metadata"))
         if list(spec.get("class_names", pipeline.class_names)) != pipeline.class_names:
             raise ValueError(f"{root / PIPELINE_FILE}: class_names differ from its fusions' classes")
@@ -93,7 +96,7 @@ class MultimodalPipeline:
                 raise ValueError(f"expert folder {folder} was trained as {trained_as!r} but is given as {name!r}: "
                                  f"fusions find their experts by name, so use {trained_as}={folder}")
             loaded[name] = load_expert(folder)
-        return cls(loaded, [FusionModel.load(path) for path in fusions], metadata)
+        return cls(loaded, [FusionModel.from_pretrained(path) for path in fusions], metadata)
 
     def to(self, device) -> MultimodalPipeline:
         """Move every expert to `device` ("cpu", "cuda", "cuda:1"); fusion heads are tiny and stay on the CPU."""
@@ -102,25 +105,21 @@ class MultimodalPipeline:
         return self
 
     def save_pretrained(self, folder) -> Path:
+        """A self-contained pipeline folder, written whole or not at all (an earlier pipeline there is replaced)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, expert in self.experts.items():
-            expert.save_pretrained(folder / "experts" / name)
-        for i, fusion in enumerate(self.fusions):
-            fusion.save(folder / "fusions" / str(i), with_oof=False)
-        spec = {"format": PIPELINE_FORMAT, "version": 1, "class_names": self.class_names,
-                "experts": {name: f"experts/{name}" for name in self.experts},
-                "fusions": [f"fusions/{i}" for i in range(len(self.fusions))], "metadata": self.metadata}
-        (folder / PIPELINE_FILE).write_text(json.dumps(spec, indent=2))
-        self.write_card(folder)
+        if folder.is_dir() and any(folder.iterdir()) and not (folder / PIPELINE_FILE).is_file():
+            raise ValueError(f"{folder} exists and is not a pipeline folder: choose another output folder")
+        with staged_folder(folder, replace=True) as staged:
+            for name, expert in self.experts.items():
+                expert.save_pretrained(staged / "experts" / name)
+            for i, fusion in enumerate(self.fusions):
+                fusion.save_pretrained(staged / "fusions" / str(i), with_oof=False)
+            spec = {"format": PIPELINE_FORMAT, "version": 1, "class_names": self.class_names,
+                    "experts": {name: f"experts/{name}" for name in self.experts},
+                    "fusions": [f"fusions/{i}" for i in range(len(self.fusions))], "metadata": self.metadata}
+            (staged / PIPELINE_FILE).write_text(json.dumps(spec, indent=2))
+            self.write_card(staged)
         return folder
-
-    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
-                    commit_message: str | None = None, create_pr: bool = False) -> str:
-        """Save into a temporary folder and upload it in one commit; returns the commit (or PR) URL."""
-        with tempfile.TemporaryDirectory() as tmp:
-            return push_folder(self.save_pretrained(Path(tmp) / "pipeline"), repo_id, private=private, token=token,
-                               commit_message=commit_message or "Upload mmclf pipeline", create_pr=create_pr)
 
     def write_card(self, folder: Path) -> None:
         metrics = self.metadata.get("metrics")
@@ -197,121 +196,70 @@ def read_pipeline_spec(root: Path) -> dict:
 
 
 def write_submission(path, ids, codes) -> Path:
-    """The challenge's format: the sample id as an unnamed index column, then prdtypecode."""
+    """The challenge's format: the sample id as an unnamed index column, then prdtypecode (written whole)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"prdtypecode": list(codes)}, index=pd.Index(ids, name="")).to_csv(path)
+    with staged_file(path) as staged:
+        pd.DataFrame({"prdtypecode": list(codes)}, index=pd.Index(ids, name="")).to_csv(staged)
     return path
 
 
-# --- command line -----------------------------------------------------------------------------------------
-
-def parse_named(items: list[str], option: str) -> dict:
-    named = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"{option} expects NAME=PATH, got {item!r}")
-        if name in named:
-            raise ValueError(f"{option}: the name {name!r} is given twice")
-        named[name] = path
-    return named
-
-
-def add_pipeline_arguments(parser) -> None:
-    parser.add_argument("--experts", nargs="+", required=True, metavar="NAME=MODEL_DIR",
-                        help="saved experts by the names the fusions were trained with (the expert runs' directory "
-                        "names), in any order, e.g. text=runs/text/model image=runs/image/model")
-    parser.add_argument("--fusions", nargs="+", required=True, help="fusion run folders (several: majority vote)")
-    parser.add_argument("--evaluation", help="a report.json of `mmclf evaluate` for the model card's metrics")
-    parser.add_argument("--out", required=True, help="pipeline folder to write (self-contained)")
-
-
-def run_pipeline(args) -> int:
-    metadata = {}
-    if args.evaluation:
-        report = json.loads(Path(args.evaluation).read_text())
+def assemble_pipeline(experts: dict, fusions: list, output_dir, *, evaluation=None,
+                      metadata: dict | None = None) -> MultimodalPipeline:
+    """A pipeline folder from saved experts ({name: folder}, the names the fusions were trained with) and fusion
+    runs; `evaluation`: a report.json of `mmclf evaluate` whose scores go into the model card."""
+    metadata = dict(metadata or {})
+    if evaluation:
+        report = json.loads(Path(evaluation).read_text())
         metadata["metrics"] = {k: report[k] for k in ("macro_f1", "weighted_f1", "accuracy")} | {
-            "split": "evaluation", "rows": report.get("num_rows")}
-    pipeline = MultimodalPipeline.from_folders(parse_named(args.experts, "--experts"), args.fusions, metadata)
-    path = pipeline.save_pretrained(args.out)
-    print(f"wrote {path} ({len(pipeline.experts)} experts, {len(pipeline.fusions)} fusions)")
-    return 0
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--pipeline", required=True, help="pipeline folder or owner/name Hub id")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="raw X file (ENS CSV, SIGIR TSV, or CSV with --columns)")
-    source.add_argument("--dataset", help="a built dataset folder (mmclf build-dataset)")
-    parser.add_argument("--split", default="test", help="split of --dataset to predict (default test)")
-    parser.add_argument("--images", help="images folder of --input")
-    parser.add_argument("--columns", help="column mapping of --input, as in build-dataset")
-    parser.add_argument("--out", required=True, help="predictions CSV (id, prdtypecode); fused scores go beside it as .parquet")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cpu)")
-    parser.add_argument("--allow-missing-images", action="store_true",
-                        help="predict even when a pipeline with an image expert gets no image at all")
+            "split": report.get("split", "evaluation"), "rows": report.get("num_rows")}
+    pipeline = MultimodalPipeline.from_folders(experts, fusions, metadata)
+    pipeline.save_pretrained(output_dir)
+    return pipeline
 
 
 def read_input_file(path, columns: str | None, images_dir) -> Listings:
     """Every row of a raw X file (ids kept, empty titles kept) as listings."""
     from mmclf.data.readers import parse_columns, read_features_file
 
-    features = read_features_file(path, parse_columns(columns))
+    features = read_features_file(path, parse_columns(columns) if isinstance(columns, str) else columns)
     frames = [table.frame for table in features.chunks()]
     if not frames or not sum(len(f) for f in frames):
         raise ValueError(f"{path} has a header but no rows")
     return to_listings(pd.concat(frames, ignore_index=True), images_dir)
 
 
-def run(args) -> int:
-    pipeline = MultimodalPipeline.from_pretrained(args.pipeline, device=args.device)
-    if args.input:
-        listings = read_input_file(args.input, args.columns, args.images)
+def predict_file(pipeline, output, *, input=None, dataset=None, split: str = "test", images=None, columns=None,
+                 batch_size: int = 64, device=None, allow_missing_images: bool = False,
+                 progress: bool = True) -> PipelinePrediction:
+    """Predictions of every row of a raw X file (`input`, with its `images` folder and `columns` mapping) or of a
+    built dataset's `split`, written as a submission CSV at `output` (fused scores beside it as .parquet).
+    `pipeline`: a MultimodalPipeline, a pipeline folder or an `owner/name` Hub id."""
+    if (input is None) == (dataset is None):
+        raise ValueError("give either an input file or a dataset to predict")
+    source = "pipeline" if isinstance(pipeline, MultimodalPipeline) else str(pipeline)
+    if not isinstance(pipeline, MultimodalPipeline):
+        pipeline = MultimodalPipeline.from_pretrained(pipeline, device=device)
+    elif device is not None:
+        pipeline.to(device)
+    if input is not None:
+        listings = read_input_file(input, columns, images)
     else:
         from datasets import load_from_disk
 
-        if not Path(args.dataset).is_dir():
-            raise FileNotFoundError(f"dataset folder not found: {args.dataset}")
-        splits = load_from_disk(args.dataset)
-        if args.split not in splits:
-            raise ValueError(f"{args.dataset} has no split {args.split!r}; it has {list(splits)}")
-        listings = to_listings(splits[args.split])
+        if not Path(dataset).is_dir():
+            raise FileNotFoundError(f"dataset folder not found: {dataset}")
+        splits = load_from_disk(str(dataset))
+        if split not in splits:
+            raise ValueError(f"{dataset} has no split {split!r}; it has {list(splits)}")
+        listings = to_listings(splits[split])
     counts = listings.counts()
-    if pipeline.uses_images and counts["without_image"] == counts["rows"] and not args.allow_missing_images:
-        raise ValueError(f"none of the {counts['rows']} rows has an image (is --images missing?); this pipeline's "
-                         "image expert would see only blank images. Pass --allow-missing-images to predict anyway")
+    if pipeline.uses_images and counts["without_image"] == counts["rows"] and not allow_missing_images:
+        raise ValueError(f"none of the {counts['rows']} rows has an image (is the images folder missing?); this "
+                         "pipeline's image expert would see only blank images. Allow missing images to predict anyway")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the missing-image warning is handled above
-        result = pipeline.predict_details(listings, args.batch_size, progress=True)
-    out = write_submission(args.out, result.ids, result.codes)
+        result = pipeline.predict_details(listings, batch_size, progress=progress)
+    out = write_submission(output, result.ids, result.codes)
     ProbabilityTable(result.ids, ["test"] * len(result.ids), np.full(len(result.ids), -1), result.probs,
-                     pipeline.class_names, source=str(args.pipeline)).save(out.with_suffix(".parquet"))
-    print(f"wrote {len(result.codes):,} predictions to {out} (one per input row); predicted without an image: "
-          f"{counts['without_image']:,}, without a description: {counts['without_description']:,}, "
-          f"with an empty title: {counts['empty_title']:,}")
-    return 0
-
-
-def add_push_arguments(parser) -> None:
-    parser.add_argument("folder", help="a pipeline folder, an expert model folder or a fusion run")
-    parser.add_argument("--repo-id", required=True, help="OWNER/NAME on the Hub")
-    parser.add_argument("--private", action="store_true")
-    parser.add_argument("--token", help="Hub token (default: the logged-in one)")
-    parser.add_argument("--message", help="commit message")
-    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
-
-
-def run_push(args) -> int:
-    folder = Path(args.folder)
-    options = {"private": args.private, "token": args.token, "commit_message": args.message, "create_pr": args.create_pr}
-    if (folder / PIPELINE_FILE).is_file():
-        url = MultimodalPipeline.from_pretrained(folder).push_to_hub(args.repo_id, **options)
-    elif (folder / EXPERT_FILE).is_file() or (folder / FUSION_FILE).is_file():
-        url = push_folder(folder, args.repo_id, **options)
-    else:
-        raise ValueError(f"{folder} is not an mmclf pipeline, expert or fusion folder (no {PIPELINE_FILE}, "
-                         f"{EXPERT_FILE} or {FUSION_FILE})")
-    print(f"pushed {folder} to {url}")
-    return 0
+                     pipeline.class_names, source=source).save(out.with_suffix(".parquet"))
+    return result

@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmclf.rundir import staged_file
+
 CLASS_NAMES_KEY = b"mmclf.class_names"
 SOURCE_KEY = b"mmclf.source"
 
@@ -81,7 +83,8 @@ class ProbabilityTable:
         table = table.replace_schema_metadata(
             {CLASS_NAMES_KEY: json.dumps(self.class_names).encode(), SOURCE_KEY: self.source.encode()}
         )
-        pq.write_table(table, path)
+        with staged_file(path) as staged:  # whole or not at all
+            pq.write_table(table, staged)
         return path
 
     @classmethod

@@ -108,7 +108,7 @@ def test_killed_build_leaves_the_old_dataset_and_the_next_run_clears_its_partial
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert fingerprint(out) == before
     (partial,) = leftovers(tmp_path)
-    assert partial.startswith(".ds.partial-") and (tmp_path / partial / "dataset" / "train").is_dir()
+    assert partial.startswith(".ds.partial-") and (tmp_path / partial / "new" / "train").is_dir()
 
     live = f".ds.partial-{os.getppid()}-running"  # a build still running elsewhere keeps its folder
     for name in (live, ".ds.partial-x", ".ds-keep", ".other.partial-1"):

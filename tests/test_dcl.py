@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from _expert_fixtures import CLASS_NAMES, make_dataset_dict, save_dataset_dict
 from datasets import load_from_disk
 from safetensors.torch import load_file
 
@@ -21,6 +20,7 @@ from mmclf.fusion.decision import fit_decision_fusion
 from mmclf.inference import expert_probabilities
 from mmclf.pipeline import MultimodalPipeline
 from mmclf.probability_tables import ProbabilityTable
+from mmclf.testing import CLASS_NAMES, make_dataset_dict, save_dataset_dict
 from mmclf.training import loop
 
 # test_resnet (stride 32) at 64 px: a 2x2 feature map, a 2x2 grid of 32 px regions
@@ -234,6 +234,7 @@ def two_stage(tmp_path_factory):
     return dataset_dir, stage1, stage2, log.getvalue()
 
 
+@pytest.mark.slow  # the two_stage fixture trains both stages (~5 s)
 def test_stage_two_starts_from_every_stage_one_backbone_tensor(two_stage, tmp_path, capsys):
     dataset_dir, stage1, _, log = two_stage
     trained = load_expert(stage1 / "model").model.state_dict()
@@ -250,6 +251,7 @@ def test_stage_two_starts_from_every_stage_one_backbone_tensor(two_stage, tmp_pa
     assert f"init_from={tmp_path}: no saved expert there" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_dcl_stage_writes_a_reloadable_image_model_and_tables(two_stage, tmp_path):
     dataset_dir, stage1, stage2, _ = two_stage
     dataset = load_from_disk(str(dataset_dir))
@@ -269,6 +271,7 @@ def test_dcl_stage_writes_a_reloadable_image_model_and_tables(two_stage, tmp_pat
     assert np.allclose(predicted.to_numpy(), fusion.predict_probs({"stage2": test.probs})[2], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_dcl_run_gives_the_same_tables(two_stage):
     dataset_dir, stage1, stage2, _ = two_stage
     before = ProbabilityTable.load(stage2 / "probs" / "validation.parquet")
@@ -277,6 +280,8 @@ def test_resuming_a_finished_dcl_run_gives_the_same_tables(two_stage):
     assert np.allclose(ProbabilityTable.load(stage2 / "probs" / "validation.parquet").probs, before.probs, atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_processes_give_the_same_evaluation_as_one(two_stage, tmp_path):
     dataset_dir, stage1, stage2, _ = two_stage
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")

@@ -3,14 +3,13 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from _demo_signal import colour_histograms
 from PIL import Image
 from scipy.sparse import csr_matrix, hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import f1_score
 from sklearn.svm import LinearSVC
 
-from mmclf.data.demo_catalog import (
+from mmclf.demo_catalog import (
     CLASS_CODES,
     FAMILIES,
     FAMILY_OF,
@@ -20,6 +19,7 @@ from mmclf.data.demo_catalog import (
     allocate_counts,
     generate_catalog,
 )
+from mmclf.testing import colour_histograms
 
 ROWS, NOISE, SIZE = 300, 0.1, 40
 

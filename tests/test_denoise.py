@@ -4,11 +4,10 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from _expert_fixtures import CLASS_NAMES, make_dataset_dict
 from datasets import concatenate_datasets, load_from_disk
 from PIL import Image
 
-import mmclf.denoise
+import mmclf.denoise.run
 from mmclf.cli import main
 from mmclf.denoise import (
     SECTIONS,
@@ -19,8 +18,9 @@ from mmclf.denoise import (
     rank_label_issues,
 )
 from mmclf.probability_tables import ProbabilityTable
+from mmclf.testing import CLASS_NAMES, make_dataset_dict
 from mmclf.training.config import load_config
-from mmclf.training.train import fold_splits
+from mmclf.training.folds import fold_splits
 
 
 def noisy_predictions(rows=3000, classes=8, flip_fraction=0.10, seed=0):
@@ -170,6 +170,7 @@ def denoised(tmp_path_factory):
     return root, dataset_dir, out
 
 
+@pytest.mark.slow  # the denoised fixture trains 4 folds (~4 s)
 def test_denoise_writes_issues_cleaned_dataset_and_report(denoised):
     _, dataset_dir, out = denoised
     summary = json.loads((out / "summary.json").read_text())
@@ -205,6 +206,7 @@ def test_denoise_writes_issues_cleaned_dataset_and_report(denoised):
         assert abs(sheet.size[0] - max(2.1 * min(shown, 8), 6.0) * 90) <= 2 and sheet.size[1] > 200
 
 
+@pytest.mark.slow
 def test_planted_near_duplicates_are_found_and_cross_split_copies_removed(denoised):
     _, _, out = denoised
     near = pd.read_csv(out / "near_duplicates.csv")
@@ -216,10 +218,11 @@ def test_planted_near_duplicates_are_found_and_cross_split_copies_removed(denois
     assert set(near.loc[near["removed"], "split"]) <= {"train", "validation"}
 
 
+@pytest.mark.slow
 def test_rerun_reranks_without_training_and_gives_the_same_ranking(denoised, monkeypatch, capsys):
     root, dataset_dir, out = denoised
     before = pd.read_csv(out / "label_issues.csv")
-    monkeypatch.setattr(mmclf.denoise, "train_folds", lambda *a, **k: pytest.fail("a rerun must not train"))
+    monkeypatch.setattr(mmclf.denoise.run, "train_folds", lambda *a, **k: pytest.fail("a rerun must not train"))
     assert main(["denoise", "--config", "denoise-tiny", f"dataset={dataset_dir}", f"output_dir={out}", *TINY,
                  "denoise.cut.of=all", "denoise.cut.percent=5"]) == 0
     after = pd.read_csv(out / "label_issues.csv")
@@ -241,9 +244,11 @@ def test_rerun_reranks_without_training_and_gives_the_same_ranking(denoised, mon
 
     assert main(["denoise", "--config", "denoise-tiny", f"dataset={dataset_dir}", f"output_dir={out}", *TINY,
                  "training.lr=0.1"]) == 2
-    assert "only denoise.* keys may change" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "cannot resume" in error and "training.lr: 0.005 -> 0.1" in error
 
 
+@pytest.mark.slow
 def test_probabilities_of_other_rows_are_an_error(denoised, tmp_path, capsys):
     _, _, out = denoised
     other = tmp_path / "other"
@@ -254,6 +259,7 @@ def test_probabilities_of_other_rows_are_an_error(denoised, tmp_path, capsys):
     assert "sample ids differ" in error and "1 only in the second (e.g. ['va_copy_of_tr5'])" in error
 
 
+@pytest.mark.slow
 def test_interrupted_folds_continue_with_resume(denoised, tmp_path, capsys):
     _, dataset_dir, out = denoised
     copy = tmp_path / "out"
@@ -263,13 +269,14 @@ def test_interrupted_folds_continue_with_resume(denoised, tmp_path, capsys):
     kept = (copy / "folds" / "0" / "probs" / "heldout.parquet").stat().st_mtime_ns
     args = ["denoise", "--config", "denoise-tiny", f"dataset={dataset_dir}", f"output_dir={copy}", *TINY]
     assert main(args) == 2
-    assert "holds unfinished folds; pass --resume" in capsys.readouterr().err
+    assert "already holds a run" in capsys.readouterr().err
     assert main([*args, "--resume"]) == 0
     assert (copy / "folds" / "0" / "probs" / "heldout.parquet").stat().st_mtime_ns == kept
     before, after = ProbabilityTable.load(out / "probs" / "oof.parquet"), ProbabilityTable.load(copy / "probs" / "oof.parquet")
     assert after.ids == before.ids and np.allclose(after.probs, before.probs, atol=1e-5)
 
 
+@pytest.mark.slow  # 3-5 s: 3 folds of a text expert
 def test_a_text_expert_recipe_denoises_every_row(tmp_path):
     dataset_dir = tmp_path / "ds"
     planted_dataset_dict().save_to_disk(str(dataset_dir))

@@ -8,10 +8,13 @@ import subprocess
 import sys
 
 import numpy as np
-from _expert_fixtures import save_dataset_dict
+import pytest
 
 from mmclf.cli import main
 from mmclf.probability_tables import ProbabilityTable
+from mmclf.testing import save_dataset_dict
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 # 64 training rows: 4 global batches of 16 per epoch; a checkpoint after every optimizer step
 IMAGE = ["model.name=test_efficientnet_gn", "model.image_size=32", "model.resize_size=36", "training.log_with=none",

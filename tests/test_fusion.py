@@ -4,13 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _fusion_fixtures import half_expert_tables, missing_modality_tables
 from sklearn.metrics import f1_score
 
 from mmclf.cli import main
 from mmclf.evaluation import macro_f1
 from mmclf.fusion.decision import FusionHead, FusionModel, fit_decision_fusion
 from mmclf.probability_tables import ProbabilityTable, TableMismatchError
+from mmclf.testing import half_expert_tables, missing_modality_tables
 
 FAST = {"epochs": 25, "batch_size": 32, "progress": False}
 
@@ -94,8 +94,8 @@ def test_two_layer_head_and_save_reload_identical(trained, tmp_path):
     x = torch.rand(5, 12)
     with torch.no_grad():
         assert torch.equal(head(x), reloaded_head(x))
-    model.save(tmp_path / "fusion")
-    reloaded = FusionModel.load(tmp_path / "fusion")
+    model.save_pretrained(tmp_path / "fusion")
+    reloaded = FusionModel.from_pretrained(tmp_path / "fusion")
     assert reloaded.options["hidden_size"] == 6 and len(reloaded.heads) == 3
     for before, after in zip(model.predict(tables), reloaded.predict(tables)):
         np.testing.assert_array_equal(before, after)
@@ -160,7 +160,7 @@ def test_fuse_cli_end_to_end(tmp_path, capsys):
     assert fused.ids == test[0].ids and fused.class_names == ["10", "20", "30", "40"]
     predictions = pd.read_csv(out / "predictions.csv", dtype={"prediction": str})
     assert list(predictions.columns) == ["id", "split", "prediction", "votes"]
-    winners, votes, mean_probs = FusionModel.load(out).predict(test)
+    winners, votes, mean_probs = FusionModel.from_pretrained(out).predict(test)
     assert predictions["votes"].tolist() == votes.tolist() and predictions["votes"].between(1, 3).all()
     assert predictions["prediction"].tolist() == [fused.class_names[w] for w in winners]
     np.testing.assert_allclose(fused.probs, mean_probs, rtol=1e-6)
@@ -197,7 +197,7 @@ def test_predict_tables_in_another_order_are_matched_by_name(tmp_path, capsys):
     # names that cannot be matched: refused, nothing predicted
     assert main(["fuse", *common, "--predict-tables", paths["test", 0], f"other={paths['test', 1]}", "--out",
                  str(tmp_path / "bad")]) == 2
-    assert "--predict-tables come from experts ['expert0', 'other'] but --tables from ['expert0', 'expert1']" \
+    assert "predict_tables come from experts ['expert0', 'other'] but tables from ['expert0', 'expert1']" \
         in capsys.readouterr().err
     # two tables of experts with the same name must be named apart
     assert main(["fuse", "--tables", paths["train", 0], paths["train", 0], "--out", str(tmp_path / "dup")]) == 2
@@ -216,8 +216,8 @@ def test_fusion_never_loses_to_its_best_expert_when_another_sees_its_modality_on
         assert model.cv_metrics["oof_macro_f1"] >= text, hidden_size
     weights = torch.stack([head.expert_weights for head in model.heads]).detach()
     assert (weights[:, 0] > weights[:, 1]).all()  # every fold head learnt to trust the text expert more
-    model.save(tmp_path / "fusion")
-    reloaded = FusionModel.load(tmp_path / "fusion")
+    model.save_pretrained(tmp_path / "fusion")
+    reloaded = FusionModel.from_pretrained(tmp_path / "fusion")
     assert (reloaded.options["start"], reloaded.options["class_weight"]) == ("mean", "balanced")
     np.testing.assert_array_equal(reloaded.predict(tables)[2], model.predict(tables)[2])
     # the paper's head (probabilities, random start, plain cross-entropy) stays an option; here it falls far behind

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 import torch
-from _expert_fixtures import CLASS_NAMES, features, make_dataset_dict
 from datasets import Dataset, DatasetDict, load_from_disk
 from PIL import Image
 
 from mmclf.cli import main
 from mmclf.data.image_cache import cache_images
 from mmclf.experts.image import ImageExpert
+from mmclf.testing import CLASS_NAMES, dataset_features, make_dataset_dict
 from mmclf.training import loop
 
 MODEL = dict(ImageExpert.config_defaults, name="test_convnext", image_size=32, resize_size=36)
@@ -21,7 +21,7 @@ def odd_shapes_dataset() -> Dataset:
     rows["image"] = [None if shape is None else Image.fromarray(rng.integers(0, 255, (*shape[::-1], 3), np.uint8))
                      for shape in shapes]
     rows["has_image"] = [shape is not None for shape in shapes]
-    return Dataset.from_dict(rows, features=features())
+    return Dataset.from_dict(rows, features=dataset_features())
 
 
 def test_cached_images_give_the_same_inputs_without_decoding(tmp_path):
@@ -48,7 +48,7 @@ def test_cache_errors_name_the_problem(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     broken = make_dataset_dict(train_rows=4, validation_rows=0, test_rows=0)["train"].to_dict()
     broken["image"][2] = {"bytes": b"not a JPEG", "path": None}
-    DatasetDict({"train": Dataset.from_dict(broken, features=features())}).save_to_disk(str(tmp_path / "broken"))
+    DatasetDict({"train": Dataset.from_dict(broken, features=dataset_features())}).save_to_disk(str(tmp_path / "broken"))
     with pytest.raises(ValueError, match="split 'train', id 'tr2': image cannot be decoded"):
         cache_images(tmp_path / "broken", tmp_path / "broken-cached", sizes=[36])
     assert not (tmp_path / "broken-cached").exists()

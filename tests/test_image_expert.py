@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from _expert_fixtures import CLASS_NAMES, make_dataset_dict, save_dataset_dict
 from datasets import load_from_disk
 
 from mmclf.data.listings import to_listings
@@ -11,6 +10,7 @@ from mmclf.experts import load_expert
 from mmclf.experts.image import ImageClassifier, ImageExpert
 from mmclf.inference import expert_features, probability_table
 from mmclf.probability_tables import ProbabilityTable
+from mmclf.testing import CLASS_NAMES, make_dataset_dict, save_dataset_dict
 from mmclf.training.config import load_config
 from mmclf.training.train import train_expert
 
@@ -27,6 +27,7 @@ def image_run(tmp_path_factory):
     return train_expert(config), load_from_disk(str(dataset_dir))
 
 
+@pytest.mark.slow
 def test_save_and_reload_give_the_same_probabilities(tmp_path):
     dataset = make_dataset_dict(train_rows=12, validation_rows=0, test_rows=0, missing_every=4)["train"]
     config = load_config("image-tiny", TINY)
@@ -61,6 +62,7 @@ def test_unknown_missing_image_strategy_is_refused():
         ImageExpert.build(config["model"], CLASS_NAMES)
 
 
+@pytest.mark.slow  # the image_run fixture trains 2 folds + a run (~4 s)
 def test_image_run_learns_and_writes_tables(image_run):
     run_dir, dataset = image_run
     table = ProbabilityTable.load(run_dir / "probs" / "validation.parquet")
@@ -72,6 +74,7 @@ def test_image_run_learns_and_writes_tables(image_run):
     assert features.shape == (len(dataset["test"]), load_expert(run_dir / "model").model.backbone.num_features)
 
 
+@pytest.mark.slow
 def test_out_of_fold_table_covers_every_labelled_row_once(image_run):
     run_dir, dataset = image_run
     oof = ProbabilityTable.load(run_dir / "probs" / "oof.parquet")

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).parent.parent / "mmclf"
 
 
@@ -55,7 +57,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert "mmclf.training.train" in graph["mmclf.demo"]  # the graph sees imports inside functions too
+    assert "mmclf.training.train" in graph["mmclf.stages"]  # the graph sees imports inside functions too
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
@@ -64,8 +66,26 @@ def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+@pytest.mark.slow  # 5-7 s: imports torch in a fresh interpreter
 def test_serving_and_prediction_never_import_the_training_code():
     code = ("import sys, mmclf.serve, mmclf.pipeline, mmclf.inference; "
             "print(sorted(m for m in sys.modules if m.startswith('mmclf.training') or m == 'accelerate.accelerator'))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_the_layers_import_downwards_only_and_the_library_reads_no_command_line():
+    """commands (mmclf.cli, serve) -> stages and workflows (mmclf.stages, mmclf.workflow, mmclf.demo) -> parts."""
+    graph = import_graph()
+    commands = {m for m in graph if m.startswith("mmclf.cli")} | {"mmclf.__main__"}
+    stage_layer = {"mmclf.stages", "mmclf.workflow", "mmclf.demo"}
+    for module, imported in graph.items():
+        if module not in commands:
+            assert not imported & commands, f"{module} imports a command module: {imported & commands}"
+        if module not in commands | stage_layer:
+            assert not imported & stage_layer, f"{module} (a part) imports {imported & stage_layer}"
+    for path in PACKAGE.rglob("*.py"):
+        if module_name(path).startswith("mmclf.cli"):
+            continue
+        source = path.read_text()
+        assert "import argparse" not in source and "Namespace" not in source, f"{path} reads a command line"

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from _expert_fixtures import CLASS_NAMES, make_dataset_dict, save_dataset_dict
 from datasets import DatasetDict, load_from_disk
 
 from mmclf.cli import main
@@ -9,6 +8,7 @@ from mmclf.experts import load_expert
 from mmclf.experts.text import TextExpert, train_tiny_tokenizer
 from mmclf.inference import expert_features, probability_table
 from mmclf.probability_tables import ProbabilityTable
+from mmclf.testing import CLASS_NAMES, make_dataset_dict, save_dataset_dict
 from mmclf.training.config import load_config
 from mmclf.training.train import train_expert
 
@@ -33,6 +33,7 @@ def test_tiny_tokenizer_encodes_pairs_with_longest_first_truncation():
     assert pair.count(tokenizer.sep_token_id) == 3  # <s> A </s></s> B </s>: the description survived truncation
 
 
+@pytest.mark.slow  # the text_run fixture trains through the CLI (~14 s)
 def test_run_directory_and_tables(text_run):
     run_dir, dataset = text_run
     for name in ("config.yaml", "metrics.json", "model/config.json", "model/tokenizer.json", "model/mmclf_expert.json",
@@ -48,6 +49,7 @@ def test_run_directory_and_tables(text_run):
         assert np.allclose(table.probs.sum(axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_reload_gives_the_same_probabilities(text_run):
     run_dir, dataset = text_run
     expert = load_expert(run_dir / "model")
@@ -59,6 +61,7 @@ def test_reload_gives_the_same_probabilities(text_run):
     assert np.allclose(again.probs, saved.probs, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_features_are_first_token_states_in_dataset_order(text_run):
     run_dir, dataset = text_run
     expert = load_expert(run_dir / "model")
@@ -71,6 +74,7 @@ def test_features_are_first_token_states_in_dataset_order(text_run):
     assert np.allclose(hidden.last_hidden_state[0, 0].detach().numpy(), features[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_expert_refuses_datasets_without_text_columns_or_with_other_classes(text_run, tmp_path, capsys):
     run_dir, dataset = text_run
     DatasetDict(test=dataset["test"].remove_columns("description")).save_to_disk(str(tmp_path / "no_description"))
@@ -84,6 +88,7 @@ def test_predict_expert_refuses_datasets_without_text_columns_or_with_other_clas
     assert not (tmp_path / "t.parquet").exists()
 
 
+@pytest.mark.slow
 def test_unlabelled_rows_are_predicted(text_run):
     run_dir, dataset = text_run
     unlabelled = dataset["test"].map(lambda row: {"label": -1})

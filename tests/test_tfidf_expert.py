@@ -8,7 +8,6 @@ from functools import partial
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from _expert_fixtures import CLASS_NAMES, make_dataset_dict
 
 from mmclf import MultimodalPipeline
 from mmclf.cli import main
@@ -17,6 +16,7 @@ from mmclf.experts.tfidf import BLOCKS, TfidfExpert, analyse, documents, normali
 from mmclf.fusion.decision import fit_decision_fusion
 from mmclf.inference import expert_probabilities
 from mmclf.probability_tables import ProbabilityTable
+from mmclf.testing import CLASS_NAMES, make_dataset_dict
 
 HTML_TITLE = "<b>Piscine</b> tubulaire &amp; pompe &eacute;t&eacute;"
 
@@ -117,7 +117,7 @@ def test_out_of_fold_tables_fuse_and_feed_a_pipeline(tfidf_run, tmp_path):
     assert cv["expert_macro_f1"] == {"run": pytest.approx(tfidf_f1), "blind": pytest.approx(0.1)}
     assert cv["oof_macro_f1"] >= tfidf_f1
     model = fit_decision_fusion({"run": oof}, folds=3, epochs=5, progress=False)
-    model.save(tmp_path / "alone")
+    model.save_pretrained(tmp_path / "alone")
     pipeline = MultimodalPipeline.from_folders({"run": run_dir / "model"}, [tmp_path / "alone"])
     saved = pipeline.save_pretrained(tmp_path / "pipeline")
     assert not [p for p in saved.rglob("*") if p.suffix in (".pkl", ".pickle", ".joblib")]

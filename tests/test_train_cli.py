@@ -5,10 +5,12 @@ import sys
 
 import numpy as np
 import pytest
-from _expert_fixtures import make_dataset_dict, save_dataset_dict
 
 from mmclf.cli import main
 from mmclf.probability_tables import ProbabilityTable
+from mmclf.testing import make_dataset_dict, save_dataset_dict
+
+pytestmark = pytest.mark.slow  # every test shares cli_run: a text run through the CLI (~8 s)
 
 # 96 training rows = 6 global batches of 16 (8 per process with 2 processes); 33 validation rows (odd)
 TINY = ["model.max_length=24", "model.tiny_vocab_size=200", "model.dropout=0", "training.log_with=none",
@@ -82,6 +84,7 @@ def test_resume_of_a_finished_run_gives_the_same_tables(cli_run):
     assert np.allclose(before.probs, after.probs, atol=1e-6)
 
 
+@pytest.mark.distributed
 def test_two_processes_give_the_same_predictions_as_one(cli_run, tmp_path):
     _, dataset_dir, run_dir = cli_run
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")

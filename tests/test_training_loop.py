@@ -202,9 +202,3 @@ def test_epoch_sampler_is_a_seeded_permutation_and_groups_lengths():
     assert sorted(grouped) == list(range(400))
     spread = np.mean([np.ptp(lengths[grouped[i:i + 10]]) for i in range(0, 400, 10)])
     assert spread < 0.5 * np.mean([np.ptp(lengths[i:i + 10]) for i in range(0, 400, 10)])
-
-
-def test_macro_f1_ignores_unlabelled_rows():
-    logits = np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
-    assert loop.macro_f1(logits, np.array([0, 1, -1])) == 1.0
-    assert np.isnan(loop.macro_f1(logits, np.array([-1, -1, -1])))

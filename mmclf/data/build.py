@@ -20,10 +20,9 @@ into place only when complete: a folder named NAME is a complete dataset, and a 
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,17 +31,18 @@ import pandas as pd
 
 from mmclf.data.readers import (
     CHUNK_ROWS,
-    FIELDS,
     FeaturesFile,
     RawTable,
     attach_labels,
     check_unique_ids,
     normalise_codes,
-    parse_columns,
     read_features_file,
     read_labels_file,
 )
 from mmclf.data.rows import LIST_LIMIT, ImageCheck, locate_images, prepare_rows, sorted_codes, to_dataset
+from mmclf.rundir import staged_folder
+
+SCRATCH = ".parts"  # chunks read so far, inside the staged dataset folder until the dataset is saved
 
 
 @dataclass
@@ -164,10 +164,6 @@ def _read_source(source: Source, class_names: list[str], check_classes: bool, se
     return concatenate_datasets(parts)
 
 
-def _partial_prefix(out: Path) -> str:
-    return f".{out.name}.partial-"
-
-
 def _check_out(out: Path, overwrite: bool) -> None:
     if not (out.exists() or out.is_symlink()) or (out.is_dir() and not any(out.iterdir())):
         return
@@ -176,39 +172,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if not out.is_dir() or not ((out / "dataset_dict.json").is_file() or (out / "summary.json").is_file()):
         raise ValueError(f"{out} is not a dataset folder (no dataset_dict.json or summary.json): --overwrite "
                          "replaces only a dataset; choose another --out or remove it yourself")
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:  # another user's process
-        pass
-    return True
-
-
-def _remove_stale_partials(out: Path) -> None:
-    """Remove partial folders of builds into `out` that were killed (their process is gone)."""
-    prefix = _partial_prefix(out)
-    for path in out.parent.iterdir():
-        if path.name.startswith(prefix) and path.is_dir():
-            pid = path.name[len(prefix):].split("-", 1)[0]
-            if not (pid.isdigit() and _running(int(pid))):
-                shutil.rmtree(path, ignore_errors=True)
-
-
-def _move_into_place(staged: Path, out: Path, aside: Path) -> None:
-    """Rename the complete `staged` folder to `out`; an old `out` is first moved to `aside` (deleted later)."""
-    if out.exists() or out.is_symlink():
-        out.rename(aside)
-        try:
-            staged.rename(out)
-        except BaseException:
-            aside.rename(out)
-            raise
-    else:
-        staged.rename(out)
 
 
 def build_dataset(
@@ -265,15 +228,12 @@ def build_dataset(
         class_names, options["class_origin"] = sorted_codes(counts), f"the codes of {main.features.path}"
     _check_rare_codes(main, counts, class_names, min_class_rows)
 
-    work = None
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_partials(out)
-        work = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(out)}{os.getpid()}-", dir=out.parent))
-    try:
+    with contextlib.ExitStack() as stack:
+        # _check_out has refused what must not be replaced; the dataset is written into `staged`, renamed to `out`
+        staged = stack.enter_context(staged_folder(out, replace=True)) if out is not None else None
         rejected, seen_ids, read = {}, {}, {}
         for name, source in sources.items():
-            scratch = work / "parts" / name if work else None
+            scratch = staged / SCRATCH / name if staged else None
             if scratch:
                 scratch.mkdir(parents=True)
             check_classes = bool(classes) or name == "test"
@@ -301,15 +261,11 @@ def build_dataset(
             splits["test"] = read["test"]
         dataset = DatasetDict(splits)
         summary = _summarise(dataset, sources, rejected, class_names, validation_fraction, seed)
-        if out is not None:
-            staged = work / "dataset"
+        if staged is not None:
             dataset.save_to_disk(str(staged))
             (staged / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
             (staged / "summary.md").write_text(summary_markdown(summary))
-            _move_into_place(staged, out, work / "replaced")
-    finally:
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(staged / SCRATCH)  # the chunks the dataset was read from: it is saved whole now
     if out is not None:
         dataset = load_from_disk(str(out))  # the parts it was read from are gone
     return dataset, summary
@@ -373,50 +329,10 @@ def summary_markdown(summary: dict) -> str:
 
 
 
-def _parse_classes(text: str | None) -> list[str] | None:
+def parse_classes(text: str | None) -> list[str] | None:
     """Codes normalised as in the files (`2705.0` -> `2705`)."""
     if not text:
         return None
     path = Path(text)
     codes = path.read_text().splitlines() if path.is_file() else text.split(",")
     return normalise_codes(pd.Series(codes, dtype=str)).loc[lambda c: c != ""].tolist()
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("features", help="X file: ENS CSV, SIGIR TSV, or any CSV/TSV with --columns")
-    parser.add_argument("--labels", help="Y file (ENS index + prdtypecode, or SIGIR Prdtypecode); omit for unlabelled data")
-    parser.add_argument("--images", help="folder with image_<imageid>_product_<productid>.jpg files")
-    parser.add_argument("--out", required=True, help="output folder for the DatasetDict (written whole, or not at all)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
-    parser.add_argument("--test", help="unlabelled (or --test-labels) X file that becomes the test split")
-    parser.add_argument("--test-labels", help="labels of the test file, when known")
-    parser.add_argument("--test-images", help="images folder of the test file (default: --images)")
-    parser.add_argument("--columns", help="generic layout: FIELD=COLUMN,... with fields " + ", ".join(FIELDS))
-    parser.add_argument("--classes", help="fixed class list: comma-separated codes or a file with one per line")
-    parser.add_argument("--min-class-rows", type=int, default=2,
-                        help="refuse label codes found in fewer rows of the main file, naming them (default 2)")
-    parser.add_argument("--validation-fraction", type=float, default=0.1, help="default 0.1 (a 9:1 split)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--encoding", default="utf-8")
-    parser.add_argument("--encoding-errors", choices=["strict", "replace"], default="strict",
-                        help="strict: stop at undecodable bytes; replace: replace them and count the rows")
-    parser.add_argument("--strict-images", action="store_true", help="stop at an unreadable image instead of flagging it missing")
-    parser.add_argument("--workers", type=int, default=4, help="threads checking images")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also push the DatasetDict to the Hugging Face Hub")
-
-
-def run(args) -> int:
-    dataset, summary = build_dataset(
-        args.features, args.labels, args.images, args.out,
-        test_file=args.test, test_labels_file=args.test_labels, test_images_dir=args.test_images,
-        columns=parse_columns(args.columns), classes=_parse_classes(args.classes),
-        validation_fraction=args.validation_fraction, seed=args.seed, encoding=args.encoding,
-        encoding_errors=args.encoding_errors, strict_images=args.strict_images, workers=args.workers,
-        min_class_rows=args.min_class_rows, overwrite=args.overwrite,
-    )
-    print(summary_markdown(summary))
-    print(f"saved to {args.out}")
-    if args.push_to_hub:
-        dataset.push_to_hub(args.push_to_hub)
-        print(f"pushed to the Hub: {args.push_to_hub}")
-    return 0

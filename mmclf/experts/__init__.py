@@ -43,6 +43,10 @@ def read_expert_info(directory) -> dict:
     return info
 
 
-def load_expert(directory):
-    """The saved expert in `directory`, whatever its kind (read from its mmclf_expert.json)."""
+def load_expert(directory, revision: str | None = None):
+    """The saved expert in `directory` (or an `owner/name` Hub id at `revision`), whatever its kind (read from its
+    mmclf_expert.json)."""
+    from mmclf.hub import local_or_hub
+
+    directory = local_or_hub(directory, revision) if not Path(directory).exists() else Path(directory)
     return expert_class(read_expert_info(directory)["kind"]).from_pretrained(directory)

@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from mmclf.experts import EXPERT_FILE, read_expert_info
-from mmclf.hub import write_model_card
+from mmclf.hub import Artifact, write_model_card
 
 
-class Expert:
+class Expert(Artifact):
+    artifact = "expert"
     kind: ClassVar[str] = ""
     required_columns: ClassVar[tuple[str, ...]] = ("id", "label")  # dataset columns the expert reads
     target_names: ClassVar[tuple[str, ...]] = ("labels",)  # encoded keys that are targets, not model inputs
@@ -73,7 +74,7 @@ class Expert:
         self.write_card(directory)
 
     @classmethod
-    def from_pretrained(cls, directory) -> Expert:
+    def _from_folder(cls, directory) -> Expert:
         info = read_expert_info(directory)
         if info["kind"] != cls.kind:
             raise ValueError(f"{directory} holds a {info['kind']!r} expert, not a {cls.kind!r} one")

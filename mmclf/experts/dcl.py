@@ -150,7 +150,7 @@ class DCLExpert(ImageExpert):
         self.as_image_expert().write_info(directory)
 
     @classmethod
-    def from_pretrained(cls, directory) -> DCLExpert:
+    def _from_folder(cls, directory) -> DCLExpert:
         """A saved DCL expert with its auxiliary heads (to continue DCL training)."""
         image, heads_file = ImageExpert.from_pretrained(directory), Path(directory) / HEADS_FILE
         if not heads_file.is_file():

@@ -49,9 +49,10 @@ from torch import nn
 from mmclf.evaluation import macro_f1, scores
 from mmclf.fusion.ensemble import majority_vote
 from mmclf.fusion.trainer import train_heads
-from mmclf.hub import from_pretrained_quietly, write_model_card
+from mmclf.hub import Artifact, from_pretrained_quietly, write_model_card
 from mmclf.probability_tables import ProbabilityTable, TableMismatchError, align_tables
 from mmclf.progress import progress_bar
+from mmclf.rundir import staged_file, write_json
 
 FUSION_FILE = "fusion.json"
 FUSION_INPUTS = ("probs", "log_probs")
@@ -148,7 +149,10 @@ def fusion_source(expert_names: list[str]) -> str:
 
 
 @dataclass
-class FusionModel:
+class FusionModel(Artifact):
+    """k fold heads trained together, majority-voted; an artifact saved as a fusion run folder."""
+
+    artifact = "fusion"
     heads: list[FusionHead]
     options: dict
     cv_metrics: dict = field(default_factory=dict)
@@ -209,19 +213,38 @@ class FusionModel:
                                  source=fusion_source(self.expert_names))
         return table, winners, votes
 
-    def save(self, directory: str | Path, extra_options: dict | None = None, with_oof: bool = True) -> Path:
+    def save_pretrained(self, directory: str | Path, predict_tables=None, extra_options: dict | None = None,
+                        with_oof: bool = True) -> Path:
+        """The fusion run folder: fold heads, fusion.json, cv_metrics.json, probs/oof.parquet, the model card and,
+        with `predict_tables` (one table per expert), probs/<split>.parquet and predictions.csv of their rows: the
+        files `mmclf ensemble` votes on."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for fold, head in enumerate(self.heads):
             head.save_pretrained(directory / "folds" / str(fold))
         options = {**self.options, **(extra_options or {}), "class_names": self.class_names,
                    "expert_names": self.expert_names, "num_fold_heads": len(self.heads)}
-        (directory / FUSION_FILE).write_text(json.dumps(options, indent=2))
-        (directory / "cv_metrics.json").write_text(json.dumps(self.cv_metrics, indent=2))
+        write_json(directory / FUSION_FILE, options)
+        write_json(directory / "cv_metrics.json", self.cv_metrics)
         if with_oof and self.oof is not None:
             self.oof.save(directory / "probs" / "oof.parquet")
+        if predict_tables is not None:
+            self.write_predictions(predict_tables, directory)
         self.write_card(directory)
         return directory
+
+    def write_predictions(self, tables, directory: str | Path) -> ProbabilityTable:
+        """Fused probabilities of the tables' rows (probs/<split>.parquet per split) and the fold heads' vote
+        (predictions.csv: id, split, prediction, votes)."""
+        directory = Path(directory)
+        table, winners, votes = self.predict_table(tables)
+        for split in dict.fromkeys(table.splits):
+            table.split_rows(split).save(directory / "probs" / f"{split}.parquet")
+        frame = pd.DataFrame({"id": table.ids, "split": table.splits,
+                              "prediction": [self.class_names[w] for w in winners], "votes": votes})
+        with staged_file(directory / "predictions.csv") as staged:
+            frame.to_csv(staged, index=False)
+        return table
 
     def write_card(self, directory: Path) -> None:
         oof = self.cv_metrics.get("oof") or {}
@@ -235,12 +258,12 @@ class FusionModel:
                      f"probabilities of the experts {self.expert_names}, majority-voted. Metrics are out-of-fold: "
                      "each row is scored by the fold head that never saw it."),
             usage=("from mmclf.fusion.decision import FusionModel\n\n"
-                   "fusion = FusionModel.load(\"path/to/this/folder\")\n"
+                   "fusion = FusionModel.from_pretrained(\"path/to/this/folder\")\n"
                    "winners, votes, probs = fusion.predict_probs({name: expert_probs for name in fusion.expert_names})"),
         )
 
     @classmethod
-    def load(cls, directory: str | Path) -> FusionModel:
+    def _from_folder(cls, directory: Path) -> FusionModel:
         directory = Path(directory)
         config_path = directory / FUSION_FILE
         if not config_path.is_file():
@@ -345,107 +368,51 @@ def fit_decision_fusion(
     return FusionModel(heads=heads, options=options, cv_metrics=cv_metrics, oof=oof)
 
 
-def read_named_tables(items: list[str], option: str) -> dict[str, ProbabilityTable]:
-    """`[NAME=]PATH` items -> {expert name: table}; without NAME= the table's own expert name is used."""
-    tables = []
-    for item in items:
-        name, sep, path = item.partition("=")
-        if sep and "/" not in name and name:
-            tables.append(ProbabilityTable.load(path).renamed(name))
-        else:
-            tables.append(ProbabilityTable.load(item))
-    try:
-        return named_tables(tables)
-    except TableMismatchError as error:
-        raise TableMismatchError(f"{option}: {error}") from None
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--level", choices=["decision", "feature"], default="decision",
-                        help="decision (default): over probability tables; feature: the baseline over frozen experts' "
-                        "features (needs --experts and --dataset)")
-    parser.add_argument("--tables", nargs="+", metavar="[NAME=]PATH",
-                        help="one probability table per expert to train on: RUN/probs/oof.parquet (out-of-fold, "
-                        "recommended) or RUN/probs/validation.parquet (the paper's in-sample choice); the expert's name "
-                        "is its run directory's name unless given as NAME=PATH")
-    parser.add_argument("--predict-tables", nargs="+", default=None, metavar="[NAME=]PATH",
-                        help="one probability table per expert with the rows to predict, matched to --tables by "
-                        "expert name (any order)")
-    parser.add_argument("--out", required=True, help="fusion run directory")
-    parser.add_argument("--train-splits", nargs="+", default=None,
-                        help="splits of the tables to train on (default: every labelled row)")
-    parser.add_argument("--folds", type=int, default=8, help="cross-validation folds = fold heads that vote (default 8)")
-    parser.add_argument("--hidden-size", type=int, default=0,
-                        help="0: one linear layer; >0: linear -> ReLU -> linear with this hidden size (paper: 6)")
-    parser.add_argument("--epochs", type=int, default=40, help="epochs per fold (default 40)")
-    parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
-    parser.add_argument("--batch-size", type=int, default=256, help="rows per Adam step (default 256)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--inputs", choices=FUSION_INPUTS, default="probs",
-                        help="what the head's layers read: the experts' probabilities (default, the paper) or their "
-                        "logarithms")
-    parser.add_argument("--start", choices=FUSION_STARTS, default="mean",
-                        help="mean (default): the head is the experts' weighted product (weights learnt, starting "
-                        "equal) plus the layers as a correction starting at zero; random: the paper's head")
-    parser.add_argument("--class-weight", choices=["none", "balanced"], default="balanced",
-                        help="balanced (default): each row's loss weighted by the inverse frequency of its class; "
-                        "none: the paper's plain cross-entropy")
-    feature = parser.add_argument_group("feature level")
-    feature.add_argument("--experts", nargs="+", metavar="NAME=MODEL_DIR", help="saved experts (RUN/model)")
-    feature.add_argument("--dataset", help="built dataset: trained on train, selected on validation, all splits predicted")
-    feature.add_argument("--combine", choices=["concat", "sum", "attention"], default="concat")
-
-
-def run_feature_level(args) -> int:
-    from datasets import load_from_disk
-
-    from mmclf.fusion.feature import fuse_expert_features
-
-    if not args.experts or not args.dataset:
-        raise ValueError("--level feature needs --experts NAME=MODEL_DIR ... and --dataset DIR")
-    experts = dict(item.split("=", 1) for item in args.experts if "=" in item)
-    if len(experts) != len(args.experts):
-        raise ValueError(f"--experts expects NAME=MODEL_DIR items, got {args.experts}")
-    metrics = fuse_expert_features(experts, load_from_disk(args.dataset), args.out, combine=args.combine,
-                                   seed=args.seed, hidden_size=args.hidden_size)
-    summary = ", ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if k.endswith("macro_f1"))
-    print(f"feature-level fusion ({args.combine}) written to {args.out}; {summary}")
-    return 0
-
-
-def run(args) -> int:
-    if args.level == "feature":
-        return run_feature_level(args)
-    if not args.tables:
-        raise ValueError("decision-level fusion needs --tables (one probability table per expert)")
-    tables = read_named_tables(args.tables, "--tables")
-    if args.train_splits:
-        tables = {name: t.split_rows(*args.train_splits) for name, t in tables.items()}
-        first = next(iter(tables.values()))
-        if len(first) == 0:
-            raise ValueError(f"{args.tables[0]} has no rows of splits {args.train_splits}")
-    predict_tables = read_named_tables(args.predict_tables, "--predict-tables") if args.predict_tables else None
-    if predict_tables is not None and set(predict_tables) != set(tables):
-        raise TableMismatchError(f"--predict-tables come from experts {sorted(predict_tables)} but --tables from "
-                                 f"{sorted(tables)}: give one table per expert, named alike (NAME=PATH)")
-    model = fit_decision_fusion(tables, folds=args.folds, hidden_size=args.hidden_size, epochs=args.epochs,
-                                lr=args.lr, batch_size=args.batch_size, seed=args.seed, inputs=args.inputs,
-                                start=args.start, class_weight=None if args.class_weight == "none" else args.class_weight)
-    out = Path(args.out)
-    cli_options = {"tables": list(args.tables), "predict_tables": args.predict_tables, "train_splits": args.train_splits}
-    model.save(out, extra_options=cli_options)
-    cv = model.cv_metrics
-    experts = ", ".join(f"{s}: {f:.4f}" for s, f in cv["expert_macro_f1"].items())
-    print(f"fusion out-of-fold macro-F1 {cv['oof_macro_f1']:.4f} (experts on the same rows: {experts}); "
-          f"mean best fold macro-F1 {cv['mean_best_eval_macro_f1']:.4f}")
-
+def fuse_tables(tables, output_dir, *, predict_tables=None, train_splits=None, **options) -> FusionModel:
+    """Decision-level fusion as a run folder: fit on `tables` ({name: table}, a list of tables, or `[NAME=]PATH`
+    strings), restricted to `train_splits` when given, predict `predict_tables` (matched by expert name), save
+    everything into `output_dir`. `options`: the keywords of `fit_decision_fusion`. Returns the fitted fusion."""
+    given = {"tables": described(tables), "predict_tables": described(predict_tables),
+             "train_splits": list(train_splits) if train_splits else None}
+    tables = as_named_tables(tables, "tables")
+    if train_splits:
+        tables = {name: t.split_rows(*train_splits) for name, t in tables.items()}
+        if len(next(iter(tables.values()))) == 0:
+            raise ValueError(f"the tables have no rows of splits {list(train_splits)}")
     if predict_tables is not None:
-        table, winners, votes = model.predict_table(predict_tables)
-        for split in dict.fromkeys(table.splits):
-            table.split_rows(split).save(out / "probs" / f"{split}.parquet")
-        pd.DataFrame({"id": table.ids, "split": table.splits,
-                      "prediction": [model.class_names[w] for w in winners], "votes": votes}
-                     ).to_csv(out / "predictions.csv", index=False)
-        print(f"predicted {len(table)} rows ({', '.join(dict.fromkeys(table.splits))}) -> {out / 'predictions.csv'}")
-    print(f"fusion run written to {out}")
-    return 0
+        predict_tables = as_named_tables(predict_tables, "predict_tables")
+        if set(predict_tables) != set(tables):
+            raise TableMismatchError(f"predict_tables come from experts {sorted(predict_tables)} but tables from "
+                                     f"{sorted(tables)}: give one table per expert, named alike (NAME=PATH)")
+    model = fit_decision_fusion(tables, **options)
+    model.save_pretrained(output_dir, predict_tables=predict_tables, extra_options=given)
+    return model
+
+
+def described(tables) -> list[str] | None:
+    """How tables were given, for fusion.json: their paths (or names)."""
+    if tables is None:
+        return None
+    items = tables.items() if isinstance(tables, dict) else ((None, t) for t in tables)
+    return [f"{name}={t}" if name and not isinstance(t, ProbabilityTable) else
+            str(t.path or t.name) if isinstance(t, ProbabilityTable) else str(t) for name, t in items]
+
+
+def as_named_tables(tables, what: str) -> dict[str, ProbabilityTable]:
+    """{name: table} from a mapping, a list of tables, or `[NAME=]PATH` strings (NAME defaults to the table's own
+    expert name)."""
+    if isinstance(tables, dict):
+        return named_tables({name: t if isinstance(t, ProbabilityTable) else ProbabilityTable.load(t)
+                             for name, t in tables.items()})
+    loaded = []
+    for item in tables:
+        if isinstance(item, ProbabilityTable):
+            loaded.append(item)
+            continue
+        name, sep, path = str(item).partition("=")
+        loaded.append(ProbabilityTable.load(path).renamed(name) if sep and name and "/" not in name
+                      else ProbabilityTable.load(item))
+    try:
+        return named_tables(loaded)
+    except TableMismatchError as error:
+        raise TableMismatchError(f"{what}: {error}") from None

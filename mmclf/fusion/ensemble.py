@@ -159,22 +159,16 @@ def ensemble(inputs: list[str | Path], split: str) -> tuple[ProbabilityTable, np
     return table, winners, counts
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--inputs", nargs="+", required=True,
-                        help="fusion run directories, probability tables (.parquet) or predictions CSVs (id, prediction)")
-    parser.add_argument("--split", default="test", help="split to vote on (default: test)")
-    parser.add_argument("--out", required=True, help="output CSV (id, split, prediction, votes); "
-                        "the vote-share probability table is written beside it with the .parquet suffix")
+def write_ensemble(inputs: list[str | Path], split: str, output) -> tuple[ProbabilityTable, np.ndarray, np.ndarray]:
+    """Majority vote of the inputs on one split, written as a CSV (id, split, prediction, votes) at `output` and
+    the vote-share probability table beside it (.parquet). Returns what `ensemble` returns."""
+    from mmclf.rundir import staged_file
 
-
-def run(args) -> int:
-    table, winners, counts = ensemble(args.inputs, args.split)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(
-        {"id": table.ids, "split": table.splits, "prediction": [table.class_names[w] for w in winners], "votes": counts}
-    ).to_csv(out, index=False)
-    table.save(out.with_suffix(".parquet"))
-    unanimous = float(np.mean(counts == len(args.inputs)))
-    print(f"{len(args.inputs)} voters, {len(table)} rows of {args.split!r}: {unanimous:.1%} unanimous -> {out}")
-    return 0
+    table, winners, counts = ensemble(inputs, split)
+    output = Path(output)
+    frame = pd.DataFrame({"id": table.ids, "split": table.splits,
+                          "prediction": [table.class_names[w] for w in winners], "votes": counts})
+    table.save(output.with_suffix(".parquet"))
+    with staged_file(output) as staged:
+        frame.to_csv(staged, index=False)
+    return table, winners, counts

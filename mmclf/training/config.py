@@ -14,7 +14,9 @@ from pathlib import Path
 
 import yaml
 
+from mmclf import rundir
 from mmclf.experts import expert_class
+from mmclf.rundir import flatten, write_config  # noqa: F401  (imported from here by other modules)
 
 RECIPES_DIR = Path(__file__).parent.parent / "recipes"
 
@@ -57,8 +59,8 @@ SCHEMA = {
 }
 
 # keys that may differ when resuming a run: they do not change what is computed
-RESUME_FREE_KEYS = {"resume", "dataset", "output_dir", "training.log_with", "training.num_workers",
-                    "training.pin_memory", "training.eval_batch_size", "predict_splits", "training.checkpoint_steps"}
+RESUME_FREE_KEYS = ("resume", "dataset", "output_dir", "training.log_with", "training.num_workers",
+                    "training.pin_memory", "training.eval_batch_size", "predict_splits", "training.checkpoint_steps")
 
 
 def recipe_names() -> list[str]:
@@ -93,17 +95,6 @@ def schema_for(expert: str, sections: dict | None = None) -> dict:
         del schema["init_from"]  # and there are no weights to start from
     schema.update(copy.deepcopy(sections or {}))
     return schema
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _unknown_key_error(key: str, valid: list[str], where: str) -> ValueError:
@@ -188,16 +179,16 @@ def load_config(name_or_path: str, overrides=(), sections: dict | None = None) -
     expert = extra.get("expert", recipe.get("expert", SCHEMA["expert"]))
     schema = schema_for(expert, sections)
     config = merge_into(schema, recipe, where=f"recipe {name_or_path}")
-    config = merge_into(schema, _deep_update(config, extra), where="command-line overrides")
+    config = merge_into(schema, deep_update(config, extra), where="command-line overrides")
     validate(config)
     return config
 
 
-def _deep_update(base: dict, extra: dict) -> dict:
+def deep_update(base: dict, extra: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_update(out[key], value)
+            out[key] = deep_update(out[key], value)
         else:
             out[key] = value
     return out
@@ -211,15 +202,6 @@ def resolve(config: dict, sections: dict | None = None) -> dict:
     return resolved
 
 
-def write_config(config: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-    return path
-
-
 def config_differences(saved: dict, current: dict, ignore=RESUME_FREE_KEYS) -> list[str]:
     """Dotted keys whose values differ between two resolved configs (outside `ignore`)."""
-    a, b = flatten(saved), flatten(current)
-    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
+    return rundir.config_differences(saved, current, ignore)

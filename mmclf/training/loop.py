@@ -33,14 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator, PartialState
-from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import get_scheduler
 
-from mmclf import evaluation
 from mmclf.experts.base import decay_groups
 from mmclf.progress import progress_bar
+from mmclf.scoring import macro_f1
 
 BEST, LAST = "best", "last"
 
@@ -135,20 +135,6 @@ class SeededRows(Dataset):
             torch.set_rng_state(training_rng)
 
 
-def process_state() -> PartialState:
-    """This process's rank and device. Honours ACCELERATE_USE_CPU like Accelerator does (a bare PartialState()
-    created first would miss a multi-process CPU launch)."""
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-
-def end_processes() -> None:
-    """Tear down the process group at the end of a command: left to interpreter exit, gloo's threads can abort
-    the process ("terminate called without an active exception")."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
 def make_accelerator(training: dict, run_dir: str | Path | None = None) -> Accelerator:
     log_with = training.get("log_with", "auto")
     if log_with == "auto":
@@ -235,14 +221,6 @@ def predict(accelerator: Accelerator, model, loader, logits_fn=logits_of, desc: 
     return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
 
 
-def macro_f1(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Macro-F1 of the logits' argmax over the rows with a known label (-1: unknown)."""
-    known = labels >= 0
-    if not known.any():
-        return float("nan")
-    return evaluation.macro_f1(labels[known], logits[known].argmax(axis=1))
-
-
 def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path, accelerator: Accelerator, *,
           loss_fn=cross_entropy, logits_fn=logits_of, parameter_groups: list[dict] | None = None,
           resume: bool = False, tracker_config: dict | None = None) -> LoopState:
@@ -305,7 +283,7 @@ def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path,
         logits, labels = predict(accelerator, model, eval_loader, logits_fn, desc="evaluate")
         train_loss = accelerator.reduce(total_loss, "mean").item() / max(batches, 1)
         eval_loss = float(F.cross_entropy(torch.from_numpy(logits[labels >= 0]), torch.from_numpy(labels[labels >= 0])))
-        score = macro_f1(logits, labels)
+        score = macro_f1(labels, logits.argmax(axis=1))  # NaN when no row is labelled
         record = {"epoch": epoch + 1, "train_loss": train_loss, "eval_loss": eval_loss, "eval_macro_f1": score,
                   "eval_rows": len(labels), "train_batches": batches, "lr": scheduler.get_last_lr()[0]}
         state.epoch = epoch + 1
