@@ -362,61 +362,64 @@ class Workflow:
             values["output_dir"] = str(folder)
         return values
 
+    def decide_step(self, step: Step, markers: dict[str, dict], rerunning: list[str] = ()) -> Decision:
+        """Run or skip `step`, and why, given the done markers of the steps it reads (`rerunning`: those of them
+        that will run first, when deciding ahead)."""
+        folder = RunFolder(self.out / step.name)
+        marker = folder.done_marker()
+        never_run = marker is None and not folder.path.exists()
+        if rerunning:
+            return Decision(step, True, "not run yet" if never_run else f"upstream step {rerunning[0]!r} runs")
+        upstream = {d: {"fingerprint": markers[d]["fingerprint"], "outputs": markers[d]["outputs"]}
+                    for d in step.depends}
+        symbolic, resolved = self.resolved[step.name]
+        fp = fingerprint(step, symbolic, resolved, recipe_content(step.config), upstream, self.out)
+        if never_run:
+            return Decision(step, True, "not run yet", fp)
+        if marker is None:
+            return Decision(step, True, "unfinished: no done marker", fp)
+        if marker.get("fingerprint") != fp:
+            return Decision(step, True, "changed since it finished (config, inputs or mmclf version)", fp)
+        if folder_digest(folder.path) != marker.get("outputs"):
+            return Decision(step, True, "its outputs changed since it finished", fp)
+        return Decision(step, False, "done, fingerprint matches", fp)
+
     def decide(self) -> list[Decision]:
-        """For every step: run or skip, and why."""
+        """For every step, decided ahead: run or skip, and why. A step downstream of one that runs is said to run
+        (when run, it is skipped after all if what it reads comes out unchanged)."""
         decisions: dict[str, Decision] = {}
         markers: dict[str, dict] = {}
         for step in self.steps:
             rerunning = [d for d in step.depends if decisions[d].run]
-            folder = RunFolder(self.out / step.name)
-            marker = folder.done_marker()
-            if marker is None and not folder.path.exists():
-                decisions[step.name] = Decision(step, True, "not run yet")
-                continue
-            if rerunning:
-                decisions[step.name] = Decision(step, True, f"upstream step {rerunning[0]!r} runs")
-                continue
-            upstream = {d: {"fingerprint": markers[d]["fingerprint"], "outputs": markers[d]["outputs"]}
-                        for d in step.depends}
-            symbolic, resolved = self.resolved[step.name]
-            fp = fingerprint(step, symbolic, resolved, recipe_content(step.config), upstream, self.out)
-            if marker is None:
-                decisions[step.name] = Decision(step, True, "unfinished: no done marker", fp)
-            elif marker.get("fingerprint") != fp:
-                decisions[step.name] = Decision(step, True, "changed since it finished (config, inputs or mmclf "
-                                                "version)", fp)
-            elif folder_digest(folder.path) != marker.get("outputs"):
-                decisions[step.name] = Decision(step, True, "its outputs changed since it finished", fp)
-            else:
-                decisions[step.name] = Decision(step, False, "done, fingerprint matches", fp)
-                markers[step.name] = marker
+            decisions[step.name] = decision = self.decide_step(step, markers, rerunning)
+            if not decision.run:
+                markers[step.name] = RunFolder(self.out / step.name).done_marker()
         return [decisions[s.name] for s in self.steps]
 
     def run(self, dry_run: bool = False, echo=print) -> list[Decision]:
-        decisions = self.decide()
+        """Run the steps in order, each decided when its turn comes; returns the decisions."""
         if dry_run:
+            decisions = self.decide()
             for d in decisions:
                 echo(f"{'run ' if d.run else 'skip'} {d.step.name}: {d.reason}")
             return decisions
         self.out.mkdir(parents=True, exist_ok=True)
         write_config({"workflow": str(self.path), "vars": self.variables}, self.out / "workflow.yaml")
         markers: dict[str, dict] = {}
-        for decision in decisions:
-            step = decision.step
+        decisions = []
+        for step in self.steps:
             folder = RunFolder(self.out / step.name)
+            decision = self.decide_step(step, markers)
+            decisions.append(decision)
             if not decision.run:
                 markers[step.name] = folder.done_marker()
                 echo(f"[skip] {step.name} ({decision.reason})")
                 continue
-            upstream = {d: {"fingerprint": markers[d]["fingerprint"], "outputs": markers[d]["outputs"]}
-                        for d in step.depends}
-            symbolic, resolved = self.resolved[step.name]
-            fp = fingerprint(step, symbolic, resolved, recipe_content(step.config), upstream, self.out)
             log = self.out / "logs" / f"{step.name}.log"
             echo(f"[run ] {step.name} ({decision.reason}; log: {log})")
             started = time.perf_counter()
             self.run_step(step, folder, log)
-            markers[step.name] = folder.mark_done(fp, stage=step.stage)
+            markers[step.name] = folder.mark_done(decision.fingerprint, stage=step.stage)
             echo(f"[done] {step.name} in {time.perf_counter() - started:.0f} s")
         return decisions
 

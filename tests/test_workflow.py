@@ -94,6 +94,22 @@ def test_a_changed_setting_reruns_exactly_its_step_and_those_downstream(paper, t
     assert ran(again, "run ") == []
 
 
+@pytest.mark.slow
+def test_an_interrupted_training_resumes_and_reruns_only_what_reads_it(paper):
+    out, overrides, _ = paper
+    run_workflow("rakuten-paper", overrides, out=out, echo=lambda line: None)  # every step done, as first run
+    for name in (".mmclf_done.json", "metrics.json"):  # as if killed after its last checkpoint
+        (out / "text_large" / name).unlink()
+    dry: list[str] = []
+    run_workflow("rakuten-paper", overrides, out=out, dry_run=True, echo=dry.append)
+    assert dry[STEPS.index("text_large")] == "run  text_large: unfinished: no done marker"
+    lines: list[str] = []
+    run_workflow("rakuten-paper", overrides, out=out, echo=lines.append)
+    assert ran(lines, "run ") == ["text_large", *[f for f in FUSIONS if "text_large" in f], "ensemble_test",
+                                  "ensemble_validation", "evaluate_validation", "pipeline", "predict"]
+    assert f"resumed from {out / 'text_large' / 'checkpoints' / 'last'}" in (out / "logs" / "text_large.log").read_text()
+
+
 def write(tmp_path, text: str):
     path = tmp_path / "workflow.yaml"
     path.write_text(text)
