@@ -4,7 +4,7 @@
 `mmclf` command's help) stays fast.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["MultimodalPipeline"]
 
 

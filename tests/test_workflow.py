@@ -148,3 +148,30 @@ def test_the_launch_scripts_are_thin_wrappers_over_mmclf_run(tmp_path):
     workflow = Workflow("rakuten-paper", tmp_path / "p", [f"raw_dir={tmp_path / 'raw'}"])
     assert workflow.variables["x_train"] == f"{tmp_path / 'raw'}/X_train_update.csv"
     assert workflow.stage_values(workflow.steps[0])["features"] == f"{tmp_path / 'raw'}/X_train_update.csv"
+
+
+@pytest.mark.slow
+def test_a_step_with_launch_accelerate_runs_under_accelerate_launch(tmp_path):
+    workflow = write(tmp_path, """
+vars: {accelerate_config: null}
+steps:
+  catalog: {stage: demo_data, with: {rows: 200}}
+  dataset:
+    stage: build_dataset
+    with: {features: "${steps.catalog.output}/X_train.csv", labels: "${steps.catalog.output}/Y_train.csv",
+           validation_fraction: 0.3}
+  text:
+    stage: train
+    config: text-tiny
+    launch: accelerate
+    with: {dataset: "${steps.dataset.output}", predict_splits: [validation],
+           training: {epochs: 1, log_with: none}, model: {tiny_layers: 1}}
+""")
+    config = Path(__file__).resolve().parents[1] / "accelerate_configs" / "cpu.yaml"
+    lines: list[str] = []
+    run_workflow(workflow, [f"accelerate_config={config}"], out=tmp_path / "out", echo=lines.append)
+    assert ran(lines, "done") == ["catalog", "dataset", "text"]
+    log = (tmp_path / "out" / "logs" / "text.log").read_text()
+    assert f"-m accelerate.commands.launch --config_file {config} -m mmclf train --config" in log
+    assert (tmp_path / "out" / "text" / "probs" / "validation.parquet").is_file()
+    assert "training:\n  epochs: 1" in (tmp_path / "out" / "logs" / "text.config.yaml").read_text()
