@@ -6,7 +6,7 @@ cross-validated macro-F1 on real listings.
 Demo catalogs of each size are generated and built without images (the expert reads text only); each fit
 (on every labelled row: train + validation) runs in a fresh child process, so its peak RSS is its own
 (start-up included: about 500 MiB of imports). Prints one Markdown table: training rows, fit seconds
-(vocabularies + logistic regression, wall and CPU), features, stored non-zeros per row, prediction rows/s,
+(vocabularies, the classifier and its calibration; wall and CPU), features, stored non-zeros per row, prediction rows/s,
 peak RSS, test macro-F1. With --real: the real sample is built and fitted the same way, then repeated
 --real-repeat times (new ids) as a stand-in for the full challenge set's row count and text lengths (a
 lower bound on memory: repeated rows add no new terms), and trained with `mmclf train --config text-tfidf

@@ -18,7 +18,7 @@ import numpy as np
 
 TABLE_ROWS = (
     ("text", "Text expert only (tiny transformer)"),
-    ("tfidf", "Text expert only (TF-IDF + logistic regression)"),
+    ("tfidf", "Text expert only (TF-IDF + linear SVM)"),
     ("image", "Image expert only"),
     ("feature_fusion", "Feature-level fusion (concat, tiny text + image)"),
     ("decision_fusion", "Decision-level fusion (tiny text + image, one run)"),

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmclf.data.readers import normalise_codes
 from mmclf.data.rows import sorted_codes
 from mmclf.probability_tables import ProbabilityTable
 from mmclf.scoring import macro_f1, scores  # noqa: F401  (re-exported: mmclf.evaluation.macro_f1)
@@ -207,7 +208,7 @@ def read_predictions(path, split: str | None, id_column: str, prediction_column:
         frame = frame[frame["split"] == split]
         if frame.empty:
             raise ValueError(f"{path} has no rows of split {split!r}")
-    return frame[id_column].tolist(), frame[column].str.strip().tolist(), None, None
+    return frame[id_column].tolist(), normalise_codes(frame[column]).tolist(), None, None
 
 
 def read_labels_from_dataset(dataset_dir, split: str):
@@ -232,7 +233,7 @@ def read_labels_from_csv(path, id_column: str, label_column: str | None):
     id_column = pick_column(frame, path, id_column, ID_COLUMNS, "id")
     check_ids(frame, path, id_column)
     column = pick_column(frame, path, label_column, LABEL_COLUMNS, "label")
-    return frame[id_column].tolist(), frame[column].str.strip().tolist()
+    return frame[id_column].tolist(), normalise_codes(frame[column]).tolist()
 
 
 def match_predictions(pred_ids, predicted_names, label_ids, label_values, source: str):

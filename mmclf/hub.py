@@ -20,7 +20,8 @@ from pathlib import Path
 
 CARD_FILE = "README.md"
 SKIPPED_DIRS = {"checkpoints", "__pycache__", "logs"}
-SKIPPED_FILES = {".mmclf_done.json"}  # a workflow's done marker: local bookkeeping
+SKIPPED_FILES = {".mmclf_done.json", ".mmclf_lock"}  # a workflow's done marker, a run's lock: local bookkeeping
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # torch.save / pickle files: loading runs code
 METRIC_NAMES = {"macro_f1": "Macro F1", "weighted_f1": "Weighted F1", "accuracy": "Accuracy"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -81,6 +82,30 @@ def push_folder(folder, repo_id: str, *, private: bool = False, token: str | Non
     return commit.pr_url if create_pr and commit.pr_url else commit.commit_url
 
 
+def refuse_pickles(folder) -> None:
+    """Refuse a folder holding a pickled file (torch.save weights, pickles), before anything in it is opened:
+    unpickling can run code. mmclf writes weights as safetensors and everything else as JSON or Parquet."""
+    folder = Path(folder)
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in PICKLE_SUFFIXES and not SKIPPED_DIRS & set(path.relative_to(folder).parts[:-1]):
+            raise ValueError(f"{path}: a pickled file ({path.suffix}); mmclf does not load pickles, which can run code. "
+                             "Save the weights as safetensors (model.safetensors: safetensors.torch.save_file, or "
+                             "save_pretrained(..., safe_serialization=True)) and remove this file")
+
+
+def inside(root, relative, key: str) -> Path:
+    """`root / relative`, refused unless it resolves (symlinks followed) inside `root`: what an artifact names
+    stays in the artifact. `key` names where the path was found, for the error."""
+    root = Path(root)
+    text = str(relative)
+    if not text or "\0" in text or Path(text).is_absolute():
+        raise ValueError(f"{key}: {text!r} must be a relative path inside {root}")
+    path = root / text
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{key}: {text!r} leads outside {root}; paths an artifact names must stay inside it")
+    return path
+
+
 def from_pretrained_quietly(model_class, directory):
     """`model_class.from_pretrained(directory)` without the line huggingface_hub's mixin prints for every
     local load (a pipeline loads dozens of fold heads)."""
@@ -137,8 +162,11 @@ class Artifact:
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id, revision: str | None = None, **kwargs):
-        """Load from a local folder or an `owner/name` Hub repository at `revision`."""
-        return cls._from_folder(local_or_hub(path_or_hub_id, revision), **kwargs)
+        """Load from a local folder or an `owner/name` Hub repository at `revision` (a folder holding a pickled
+        file is refused before anything is read: `refuse_pickles`)."""
+        folder = local_or_hub(path_or_hub_id, revision)
+        refuse_pickles(folder)
+        return cls._from_folder(folder, **kwargs)
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
                     commit_message: str | None = None, create_pr: bool = False) -> str:
@@ -156,6 +184,7 @@ def load_artifact(path_or_hub_id, revision: str | None = None):
     import importlib
 
     root = local_or_hub(path_or_hub_id, revision)
+    refuse_pickles(root)
     kind = artifact_kind(root)
     if kind is None:
         raise ValueError(f"{path_or_hub_id} is not an mmclf artifact (none of {sorted(ARTIFACT_MARKERS.values())})")

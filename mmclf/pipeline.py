@@ -34,9 +34,8 @@ from mmclf.experts import EXPERT_FILE, load_expert, read_expert_info
 from mmclf.experts.base import Expert
 from mmclf.fusion.decision import FUSION_FILE, FusionModel
 from mmclf.fusion.ensemble import majority_vote
-from mmclf.hub import Artifact, write_model_card
+from mmclf.hub import Artifact, inside, write_model_card
 from mmclf.inference import expert_probabilities
-from mmclf.probability_tables import ProbabilityTable
 from mmclf.rundir import staged_file, staged_folder
 
 PIPELINE_FILE = "pipeline.json"
@@ -70,6 +69,9 @@ class MultimodalPipeline(Artifact):
         for i, fusion in enumerate(self.fusions):
             fusion.check_experts(classes, f"fusion {i}")
         self.used_experts = [n for n in self.experts if any(n in f.expert_names for f in self.fusions)]
+        # "onnx" for a folder written by `mmclf export` (its networks run in ONNX Runtime), else "torch"
+        self.backend = "onnx" if any(getattr(part, "backend", "torch") == "onnx"
+                                     for part in [*self.experts.values(), *self.fusions]) else "torch"
 
     # --- loading and saving -------------------------------------------------------------------------
 
@@ -79,8 +81,17 @@ class MultimodalPipeline(Artifact):
         `owner/name` Hub id, a `revision`, and `device`)."""
         root = Path(root)
         spec = read_pipeline_spec(root)
-        experts = {name: load_expert(root / path) for name, path in spec["experts"].items()}
-        fusions = [FusionModel.from_pretrained(root / path) for path in spec["fusions"]]
+        backend = spec.get("backend", "torch")
+        if backend == "onnx":
+            from mmclf.onnx_backend import OnnxFusion, load_exported_expert
+
+            experts = {name: load_exported_expert(root / path) for name, path in spec["experts"].items()}
+            fusions = [OnnxFusion.from_pretrained(root / path) for path in spec["fusions"]]
+        elif backend == "torch":
+            experts = {name: load_expert(root / path) for name, path in spec["experts"].items()}
+            fusions = [FusionModel.from_pretrained(root / path) for path in spec["fusions"]]
+        else:
+            raise ValueError(f"{root / PIPELINE_FILE}: unknown backend {backend!r} (expected torch or onnx)")
         pipeline = cls(experts, fusions, spec.get("metadata"))
         if list(spec.get("class_names", pipeline.class_names)) != pipeline.class_names:
             raise ValueError(f"{root / PIPELINE_FILE}: class_names differ from its fusions' classes")
@@ -114,7 +125,7 @@ class MultimodalPipeline(Artifact):
                 expert.save_pretrained(staged / "experts" / name)
             for i, fusion in enumerate(self.fusions):
                 fusion.save_pretrained(staged / "fusions" / str(i), with_oof=False)
-            spec = {"format": PIPELINE_FORMAT, "version": 1, "class_names": self.class_names,
+            spec = {"format": PIPELINE_FORMAT, "version": 1, "backend": self.backend, "class_names": self.class_names,
                     "experts": {name: f"experts/{name}" for name in self.experts},
                     "fusions": [f"fusions/{i}" for i in range(len(self.fusions))], "metadata": self.metadata}
             (staged / PIPELINE_FILE).write_text(json.dumps(spec, indent=2))
@@ -133,7 +144,8 @@ class MultimodalPipeline(Artifact):
             tags=["multimodal", "decision-level-fusion", *self.experts],
             summary=(f"Experts {list(self.experts)} (title + description + image) whose class probabilities are "
                      f"fused at decision level by {len(self.fusions)} fused run(s), majority-voted."),
-            details={"experts": {name: {"kind": e.kind, "model": e.config.get("name")} for name, e in self.experts.items()},
+            details={"backend": self.backend, **({"export": self.metadata["export"]} if "export" in self.metadata else {}),
+                     "experts": {name: {"kind": e.kind, "model": e.config.get("name")} for name, e in self.experts.items()},
                      "fusions": [{"experts": f.expert_names, "hidden_size": f.options.get("hidden_size"),
                                   "folds": len(f.heads), "oof_macro_f1": f.cv_metrics.get("oof_macro_f1")}
                                  for f in self.fusions]},
@@ -192,6 +204,13 @@ def read_pipeline_spec(root: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(spec, dict) or not spec.get("experts") or not spec.get("fusions"):
         raise ValueError(f"{path}: needs at least one expert and one fusion")
+    if not isinstance(spec["experts"], dict) or not isinstance(spec["fusions"], list):
+        raise ValueError(f"{path}: 'experts' must map names to folders and 'fusions' must list folders")  # noqa: TRY004
+    # every folder it names must stay inside the pipeline folder: checked before any of them is read
+    for name, folder in spec["experts"].items():
+        inside(root, folder, f"{path}: experts.{name}")
+    for i, folder in enumerate(spec["fusions"]):
+        inside(root, folder, f"{path}: fusions[{i}]")
     return spec
 
 
@@ -215,51 +234,3 @@ def assemble_pipeline(experts: dict, fusions: list, output_dir, *, evaluation=No
     pipeline = MultimodalPipeline.from_folders(experts, fusions, metadata)
     pipeline.save_pretrained(output_dir)
     return pipeline
-
-
-def read_input_file(path, columns: str | None, images_dir) -> Listings:
-    """Every row of a raw X file (ids kept, empty titles kept) as listings."""
-    from mmclf.data.readers import parse_columns, read_features_file
-
-    features = read_features_file(path, parse_columns(columns) if isinstance(columns, str) else columns)
-    frames = [table.frame for table in features.chunks()]
-    if not frames or not sum(len(f) for f in frames):
-        raise ValueError(f"{path} has a header but no rows")
-    return to_listings(pd.concat(frames, ignore_index=True), images_dir)
-
-
-def predict_file(pipeline, output, *, input=None, dataset=None, split: str = "test", images=None, columns=None,
-                 batch_size: int = 64, device=None, allow_missing_images: bool = False,
-                 progress: bool = True) -> PipelinePrediction:
-    """Predictions of every row of a raw X file (`input`, with its `images` folder and `columns` mapping) or of a
-    built dataset's `split`, written as a submission CSV at `output` (fused scores beside it as .parquet).
-    `pipeline`: a MultimodalPipeline, a pipeline folder or an `owner/name` Hub id."""
-    if (input is None) == (dataset is None):
-        raise ValueError("give either an input file or a dataset to predict")
-    source = "pipeline" if isinstance(pipeline, MultimodalPipeline) else str(pipeline)
-    if not isinstance(pipeline, MultimodalPipeline):
-        pipeline = MultimodalPipeline.from_pretrained(pipeline, device=device)
-    elif device is not None:
-        pipeline.to(device)
-    if input is not None:
-        listings = read_input_file(input, columns, images)
-    else:
-        from datasets import load_from_disk
-
-        if not Path(dataset).is_dir():
-            raise FileNotFoundError(f"dataset folder not found: {dataset}")
-        splits = load_from_disk(str(dataset))
-        if split not in splits:
-            raise ValueError(f"{dataset} has no split {split!r}; it has {list(splits)}")
-        listings = to_listings(splits[split])
-    counts = listings.counts()
-    if pipeline.uses_images and counts["without_image"] == counts["rows"] and not allow_missing_images:
-        raise ValueError(f"none of the {counts['rows']} rows has an image (is the images folder missing?); this "
-                         "pipeline's image expert would see only blank images. Allow missing images to predict anyway")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the missing-image warning is handled above
-        result = pipeline.predict_details(listings, batch_size, progress=progress)
-    out = write_submission(output, result.ids, result.codes)
-    ProbabilityTable(result.ids, ["test"] * len(result.ids), np.full(len(result.ids), -1), result.probs,
-                     pipeline.class_names, source=source).save(out.with_suffix(".parquet"))
-    return result

@@ -28,6 +28,7 @@ import yaml
 
 CONFIG_FILE = "config.yaml"
 DONE_FILE = ".mmclf_done.json"
+LOCK_FILE = ".mmclf_lock"
 PARTIAL_TAG = ".partial-"
 
 
@@ -87,21 +88,27 @@ def _running(pid: int) -> bool:
 
 
 def remove_stale_partials(target: Path) -> None:
-    """Remove the staging folders and files of writes into `target` whose process is gone (killed)."""
+    """Remove the staging folders and files of writes into `target` whose process is gone (killed). A replaced
+    folder set aside by a write killed before its new folder was in place is restored as `target` first."""
     prefix = f".{target.name}{PARTIAL_TAG}"
     if not target.parent.is_dir():
         return
-    for path in target.parent.iterdir():
+    for path in sorted(target.parent.iterdir()):
         if path.name.startswith(prefix):
             pid = path.name[len(prefix):].split("-", 1)[0]
             if not (pid.isdigit() and _running(int(pid))):
+                aside = path / "old"
+                if aside.is_dir() and not (target.exists() or target.is_symlink()):
+                    aside.rename(target)
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def staged_folder(target, *, replace: bool = False):
     """Yield an empty folder beside `target`; when the body ends without error it becomes `target` (an existing
-    one is replaced when `replace`, else it is an error). On error, or a kill, `target` is left as it was."""
+    one is replaced when `replace`, else it is an error). On error, or a kill, `target` is left as it was; a kill
+    between setting the old folder aside and renaming the new one into place leaves the old one in the staging
+    folder, and the next write into `target` puts it back before anything else."""
     target = Path(target)
     if (target.exists() or target.is_symlink()) and not replace:
         raise FileExistsError(f"{target} already exists")
@@ -192,6 +199,53 @@ def read_config(path) -> dict:
     return config
 
 
+# --- the run folder lock ---------------------------------------------------------------------------------------
+
+class RunFolderBusy(ValueError):
+    """Another process is writing into the run folder."""
+
+
+_held_locks: dict[Path, int] = {}  # resolved folder -> the open lock file of this process
+
+
+def lock_folder(path) -> str:
+    """Take `path`'s lock (an exclusive `flock` on LOCK_FILE, which names the holder's pid and host), or raise
+    RunFolderBusy naming the holder. The kernel drops the lock of a process that dies, so the lock of a killed run
+    is taken over (returned: its holder, "" when the lock was released cleanly). Re-entrant within a process."""
+    import fcntl
+    import socket
+
+    path = Path(path)
+    key = path.resolve()
+    if key in _held_locks:
+        return ""
+    path.mkdir(parents=True, exist_ok=True)
+    handle = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    previous = os.pread(handle, 4096, 0).decode(errors="replace").strip()
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        holder = previous or "a process that has not written its name yet"
+        raise RunFolderBusy(f"{path} is in use by another run ({holder}): wait for it to end or choose another "
+                            "output folder") from None
+    previous = os.pread(handle, 4096, 0).decode(errors="replace").strip()  # as the holder left it
+    os.ftruncate(handle, 0)
+    os.pwrite(handle, f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%F %T')}\n".encode(), 0)
+    _held_locks[key] = handle
+    return previous
+
+
+def unlock_folder(path) -> None:
+    import fcntl
+
+    handle = _held_locks.pop(Path(path).resolve(), None)
+    if handle is not None:
+        os.ftruncate(handle, 0)  # an empty lock file: released cleanly
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        os.close(handle)
+
+
 # --- the run folder --------------------------------------------------------------------------------------------
 
 class RunFolder:
@@ -224,7 +278,10 @@ class RunFolder:
         """Check `config` against the folder's and write it; True when the folder already held a run (continued).
 
         A folder holding a run is refused unless `resume` (continue it) or `rerun` (the stage redoes the cheap part
-        of its work in place); either way its config must match, but for `resume_free` keys."""
+        of its work in place); either way its config must match, but for `resume_free` keys. The main process locks
+        the folder first (`lock_folder`): a second process writing into it gets an error naming the holder; `close`
+        (or the end of the process) releases it."""
+        self.lock()
         saved = self.saved_config()
         if saved is not None:
             if not (resume or rerun):
@@ -238,6 +295,30 @@ class RunFolder:
             if main:
                 write_config(config, self.config_file)
         return saved is not None
+
+    def lock(self) -> None:
+        """The main process takes the lock; every process raises the same error when it is held elsewhere."""
+        state = process_state()
+        error = None
+        if state.is_main_process:
+            try:
+                stale = lock_folder(self.path)
+            except RunFolderBusy as busy:
+                error = str(busy)
+            else:
+                if stale:
+                    print(f"{self.path}: took over the lock of a run that ended without releasing it ({stale})")
+        if state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            error = broadcast_object_list([error])[0]
+        if error:
+            raise RunFolderBusy(error)
+
+    def close(self) -> None:
+        """Release the folder's lock (the stage is done)."""
+        if is_main_process():
+            unlock_folder(self.path)
 
     def write_json(self, name: str, data) -> Path:
         """JSON written by the main process (atomically); every process gets the path."""
@@ -299,7 +380,7 @@ def folder_digest(path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         relative = file.relative_to(path)
-        if (file.name == DONE_FILE or SKIPPED_PARTS & set(relative.parts[:-1]) or PARTIAL_TAG in str(relative)
+        if (file.name in (DONE_FILE, LOCK_FILE) or SKIPPED_PARTS & set(relative.parts[:-1]) or PARTIAL_TAG in str(relative)
                 or any(fnmatch.fnmatchcase(file.name, pattern) for pattern in DERIVED_FILES)):
             continue
         digest.update(f"{relative.as_posix()}\0{file_digest(file)}\n".encode())

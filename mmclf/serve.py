@@ -5,32 +5,59 @@
                             or "image_path": a file under the folder given with --image-root
                             -> {"predictions": [{"id", "code", "votes", "top": [{"code", "probability"}, ...]}],
                                 "counts": {"rows", "empty_title", "without_description", "without_image"}}
-    GET  /health            -> {"status": "ok", "classes", "experts", "fusions"}
+    GET  /health            -> {"status": "ok", "classes", "experts", "fusions"}   (never needs the key)
+    GET  /metrics           Prometheus text format: requests and rows by route and status, latency and batch
+                            size histograms, rows waiting in the queue
     GET  /docs, /openapi.json
 
-Bad requests get a 4xx answer naming the row and field (413 for a body or a row count over the limits,
-403 for an image path outside --image-root, 422 for malformed JSON, a wrong type or an image that does not
-decode), and the server goes on serving. Predictions run one request at a time in a worker thread (the
-models use every core for one batch), so /health answers while a request is predicted.
+Dynamic batching: the rows of concurrent requests wait in one queue and are predicted together by one worker
+thread, up to `max_batch_rows` rows per batch or `max_wait_ms` after the first waiting row (what Triton's
+dynamic batcher and Ray Serve's `@serve.batch` do). A request larger than a batch is split into consecutive
+parts, each request's rows stay together and in order, and every request gets exactly its own rows back. A
+model forward pays a fixed cost per batch, so 32 one-row requests predicted as one batch cost little more
+than one. `batching=False` predicts each request alone, as it arrives.
+
+Bad requests get a 4xx answer naming the row and field before they reach the queue (413 for a body or a row
+count over the limits, 403 for an image path outside --image-root, 422 for malformed JSON, a wrong type or an
+image that does not decode). With an API key every route but /health answers 401 without
+`Authorization: Bearer <key>` (compared in constant time). A request whose rows wait or run longer than
+`request_timeout_s` gets 504; one arriving while `max_queue_rows` rows already wait gets 503 (Retry-After: 1),
+as does one arriving after shutdown began. On SIGTERM uvicorn stops accepting connections, the requests in flight
+are answered, then the worker stops. Request bodies are never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import hmac
 import io
 import threading
+import time
 import warnings
+from collections import deque
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from PIL import Image
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmclf.data.listings import Listings
 from mmclf.pipeline import MultimodalPipeline
+
+ROUTES = ("/predict", "/health", "/metrics", "/docs", "/openapi.json")
+OPEN_ROUTES = ("/health",)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Listing(BaseModel):
@@ -47,6 +74,10 @@ class RequestError(Exception):
     def __init__(self, status: int, row: int, field: str, message: str):
         super().__init__(message)
         self.status, self.row, self.field = status, row, field
+
+
+class Unavailable(Exception):
+    """503: the queue is full or the server is shutting down."""
 
 
 def decode_image(listing: Listing, row: int, image_root: Path | None):
@@ -78,22 +109,182 @@ def decode_image(listing: Listing, row: int, image_root: Path | None):
     return image
 
 
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own (several apps can live in one process)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("mmclf_requests", "HTTP requests answered", ["route", "status"], registry=self.registry)
+        self.rows = Counter("mmclf_rows", "listings in answered /predict requests", ["route", "status"],
+                            registry=self.registry)
+        self.latency = Histogram("mmclf_request_seconds", "time from request to answer", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_rows = Histogram("mmclf_batch_rows", "rows per predicted batch", buckets=BATCH_BUCKETS,
+                                    registry=self.registry)
+        self.batch_seconds = Histogram("mmclf_batch_seconds", "time to predict one batch", buckets=LATENCY_BUCKETS,
+                                       registry=self.registry)
+        self.queue_rows = Gauge("mmclf_queue_rows", "rows waiting to be predicted", registry=self.registry)
+
+
+@dataclass
+class Part:
+    """Consecutive rows of one request, predicted in one batch."""
+
+    titles: list[str]
+    descriptions: list[str]
+    images: list
+    future: Future = field(default_factory=Future)
+
+    def __len__(self) -> int:
+        return len(self.titles)
+
+
+class Batcher:
+    """One worker thread predicting the queued parts of requests together, up to `max_batch_rows` rows or
+    `max_wait_s` after the first waiting part; batching=False: one request per batch."""
+
+    def __init__(self, pipeline: MultimodalPipeline, *, batching: bool = True, max_batch_rows: int = 64,
+                 max_wait_s: float = 0.005, max_queue_rows: int = 4096, batch_size: int = 64,
+                 metrics: Metrics | None = None):
+        if max_batch_rows < 1 or max_wait_s < 0 or max_queue_rows < 1:
+            raise ValueError("max_batch_rows and max_queue_rows must be at least 1 and max_wait_ms at least 0")
+        self.pipeline, self.batching, self.batch_size = pipeline, batching, batch_size
+        self.max_batch_rows, self.max_wait_s, self.max_queue_rows = max_batch_rows, max_wait_s, max_queue_rows
+        self.metrics = metrics or Metrics()
+        self.queue: deque[list[Part]] = deque()  # one entry per request: its parts, in order
+        self.waiting_rows = 0
+        self.closing = False
+        self.condition = threading.Condition()
+        self.worker = threading.Thread(target=self.run, name="mmclf-batcher", daemon=True)
+        self.worker.start()
+
+    def submit(self, rows: Listings) -> list[Future]:
+        """Queue a request's rows; the futures give their parts' results (PipelinePrediction slices) in order."""
+        step = self.max_batch_rows if self.batching else len(rows)
+        images = list(rows.images)
+        parts = [Part(rows.titles[i:i + step], rows.descriptions[i:i + step], images[i:i + step])
+                 for i in range(0, len(rows), step)]
+        with self.condition:
+            if self.closing:
+                raise Unavailable("the server is shutting down")
+            if self.waiting_rows and self.waiting_rows + len(rows) > self.max_queue_rows:
+                raise Unavailable(f"{self.waiting_rows} rows are waiting already (limit {self.max_queue_rows})")
+            self.queue.append(parts)
+            self.waiting_rows += len(rows)
+            self.metrics.queue_rows.set(self.waiting_rows)
+            self.condition.notify()
+        return [part.future for part in parts]
+
+    def next_batch(self) -> list[Part] | None:
+        """Wait for rows, then for more until the batch is full or the first rows waited `max_wait_s`."""
+        with self.condition:
+            while not self.queue:
+                if self.closing:
+                    return None
+                self.condition.wait()
+            if not self.batching:
+                batch = self.queue.popleft()
+            else:
+                deadline = time.monotonic() + self.max_wait_s
+                while self.waiting_rows < self.max_batch_rows and not self.closing:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.condition.wait(left)
+                batch, rows = [], 0
+                while self.queue and rows + len(self.queue[0][0]) <= self.max_batch_rows:
+                    part = self.queue[0].pop(0)
+                    batch.append(part)
+                    rows += len(part)
+                    if not self.queue[0]:
+                        self.queue.popleft()
+            self.waiting_rows -= sum(map(len, batch))
+            self.metrics.queue_rows.set(self.waiting_rows)
+        return batch
+
+    def run(self) -> None:
+        while (batch := self.next_batch()) is not None:
+            batch = [part for part in batch if part.future.set_running_or_notify_cancel()]  # timed-out ones skipped
+            if not batch:
+                continue
+            rows = Listings(ids=[str(i) for i in range(sum(map(len, batch)))],
+                            titles=[t for part in batch for t in part.titles],
+                            descriptions=[d for part in batch for d in part.descriptions],
+                            images=[image for part in batch for image in part.images])
+            started = time.perf_counter()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # rows without an image are normal here; the answer counts them
+                    result = self.pipeline.predict_details(rows, self.batch_size)
+            except Exception as error:  # noqa: BLE001 - the requests of this batch get the error, the server goes on
+                for part in batch:
+                    part.future.set_exception(error)
+                continue
+            self.metrics.batch_rows.observe(len(rows))
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            start = 0
+            for part in batch:
+                stop = start + len(part)
+                part.future.set_result((result.winners[start:stop], result.votes[start:stop], result.probs[start:stop]))
+                start = stop
+
+    def close(self, timeout: float | None = None) -> None:
+        """Predict what is queued, then stop the worker."""
+        with self.condition:
+            self.closing = True
+            self.condition.notify_all()
+        self.worker.join(timeout)
+
+
 def create_app(pipeline: MultimodalPipeline, *, image_root=None, max_rows: int = 256,
-               max_request_bytes: int = 32 * 2**20, batch_size: int = 64) -> FastAPI:
-    app = FastAPI(title="mmclf", description="Product type codes from title, description and image.",
-                  version="1")
+               max_request_bytes: int = 32 * 2**20, batch_size: int = 64, batching: bool = True,
+               max_batch_rows: int = 64, max_wait_ms: float = 5.0, max_queue_rows: int = 4096,
+               request_timeout_s: float = 30.0, api_key: str | None = None) -> FastAPI:
+    """The app; `batching`, `max_batch_rows`, `max_wait_ms`: dynamic batching across requests; `api_key`: every
+    route but /health needs `Authorization: Bearer <api_key>`."""
     root = Path(image_root).resolve() if image_root is not None else None
-    lock = threading.Lock()
+    metrics = Metrics()
+    batcher = Batcher(pipeline, batching=batching, max_batch_rows=max_batch_rows, max_wait_s=max_wait_ms / 1000,
+                      max_queue_rows=max_queue_rows, batch_size=batch_size, metrics=metrics)
+    expected = f"Bearer {api_key}".encode() if api_key else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await run_in_threadpool(batcher.close, request_timeout_s)
+
+    app = FastAPI(title="mmclf", description="Product type codes from title, description and image.",
+                  version="1", lifespan=lifespan)
+    app.state.batcher, app.state.metrics = batcher, metrics
 
     @app.middleware("http")
-    async def limit_body(request: Request, call_next):
+    async def guard_and_measure(request: Request, call_next):
+        started = time.perf_counter()
+        route = request.url.path if request.url.path in ROUTES else "other"
+        response = checked(request)
+        if response is None:
+            response = await call_next(request)
+        status = str(response.status_code)
+        metrics.requests.labels(route, status).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        if route == "/predict":
+            metrics.rows.labels(route, status).inc(getattr(request.state, "rows", 0))
+        return response
+
+    def checked(request: Request) -> JSONResponse | None:
+        """401 without the key, 411/413 for a body without a length or over the limit; None: go on."""
+        if expected is not None and request.url.path not in OPEN_ROUTES:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return JSONResponse({"detail": "missing or wrong API key: send Authorization: Bearer <key>"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
         length = request.headers.get("content-length")
         if request.method == "POST" and length is None:
             return JSONResponse({"detail": "a Content-Length header is required"}, status_code=411)
         if length is not None and int(length) > max_request_bytes:
             return JSONResponse({"detail": f"request body of {int(length):,} bytes is over the limit of "
                                            f"{max_request_bytes:,}"}, status_code=413)
-        return await call_next(request)
+        return None
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):
@@ -112,29 +303,47 @@ def create_app(pipeline: MultimodalPipeline, *, image_root=None, max_rows: int =
     async def request_error(request: Request, error: RequestError):
         return JSONResponse({"detail": [f"row {error.row}, field {error.field}: {error}"]}, status_code=error.status)
 
+    @app.exception_handler(Unavailable)
+    async def unavailable(request: Request, error: Unavailable):
+        return JSONResponse({"detail": f"try again: {error}"}, status_code=503, headers={"Retry-After": "1"})
+
     @app.get("/health")
-    def health() -> dict:
+    async def health() -> dict:
         return {"status": "ok", "classes": len(pipeline.class_names), "experts": list(pipeline.experts),
                 "fusions": len(pipeline.fusions)}
 
-    @app.post("/predict")
-    def predict(listings: list[Listing], top_k: int = Query(5, ge=1, le=len(pipeline.class_names))) -> dict:
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def listings_of(listings: list[Listing]) -> Listings:
         if not listings:
             raise RequestError(422, 0, "body", "the list of listings is empty")
         if len(listings) > max_rows:
             raise RequestError(413, max_rows, "body", f"{len(listings)} listings is over the limit of {max_rows} "
                                                       "per request")
-        rows = Listings(ids=[item.id if item.id is not None else str(i) for i, item in enumerate(listings)],
+        return Listings(ids=[item.id if item.id is not None else str(i) for i, item in enumerate(listings)],
                         titles=[item.title for item in listings], descriptions=[item.description for item in listings],
                         images=[decode_image(item, i, root) for i, item in enumerate(listings)])
-        with lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # rows without an image are normal here; the answer counts them
-            result = pipeline.predict_details(rows, batch_size)
-        top = (-result.probs).argsort(axis=1)[:, :top_k]
+
+    @app.post("/predict")
+    async def predict(request: Request, listings: list[Listing],
+                      top_k: int = Query(5, ge=1, le=len(pipeline.class_names))):
+        request.state.rows = len(listings)
+        rows = await run_in_threadpool(listings_of, listings)  # image decoding stays off the event loop
+        waiting = [asyncio.wrap_future(future) for future in batcher.submit(rows)]
+        try:
+            parts = await asyncio.wait_for(asyncio.gather(*waiting), request_timeout_s)
+        except TimeoutError:
+            return JSONResponse({"detail": f"the prediction did not finish within {request_timeout_s:g} s"},
+                                status_code=504)
+        winners, votes, probs = (np.concatenate(column) for column in zip(*parts))
+        top = (-probs).argsort(axis=1)[:, :top_k]
+        names = pipeline.class_names
         return {"predictions": [
-            {"id": sample_id, "code": code, "votes": int(votes),
-             "top": [{"code": pipeline.class_names[c], "probability": round(float(probs[c]), 6)} for c in best]}
-            for sample_id, code, votes, probs, best in zip(result.ids, result.codes, result.votes, result.probs, top)],
-            "counts": result.counts}
+            {"id": sample_id, "code": names[winner], "votes": int(count),
+             "top": [{"code": names[c], "probability": round(float(row[c]), 6)} for c in best]}
+            for sample_id, winner, count, row, best in zip(rows.ids, winners, votes, probs, top)],
+            "counts": rows.counts()}
 
     return app

@@ -52,8 +52,11 @@ STAGE_SCHEMAS = {
     "evaluate": {"predictions": None, "dataset": None, "labels": None, "split": "test", "id_column": None,
                  "prediction_column": None, "label_column": None, "output_dir": None},
     "assemble": {"experts": {}, "fusions": [], "evaluation": None, "metadata": {}, "output_dir": None},
-    "predict": {"pipeline": None, "input": None, "dataset": None, "split": "test", "images": None, "columns": None,
-                "batch_size": 64, "device": None, "allow_missing_images": False, "output": None},
+    "export": {"pipeline": None, "output_dir": None, "format": "onnx", "quantize": None, "dataset": None,
+               "split": "test", "parity_rows": 128, "tolerance": None, "min_agreement": None, "seed": 0},
+    "predict": {"pipeline": None, "revision": None, "input": None, "dataset": None, "split": "test", "images": None,
+                "columns": None, "batch_size": 64, "device": None, "allow_missing_images": False, "chunk_rows": 8192,
+                "resume": False, "format": "auto", "progress": True, "output": None},
 }
 # keys whose value is a mapping of free names (expert names), not schema sections
 FREE_MAPPINGS = {"experts", "metadata", "columns"}
@@ -209,18 +212,48 @@ def assemble(config=None, overrides=(), **values):
 
 
 def predict(config=None, overrides=(), **values):
-    """Predictions of a pipeline (folder or Hub id) for a raw file or a dataset split, written as a submission CSV
-    at `output`; returns the PipelinePrediction (ids, codes, votes, probabilities, input counts)."""
-    from mmclf.pipeline import predict_file
+    """Predictions of a pipeline (folder or Hub id) for a raw file (CSV, TSV, Parquet) or a dataset split, streamed
+    `chunk_rows` rows at a time into `output` (a submission CSV with the probability table beside it, or Parquet);
+    `resume` continues an interrupted run. Returns the BatchPrediction (output, rows, input counts)."""
+    from mmclf.batch_predict import predict_file
 
     c = stage_config("predict", config, overrides, **values)
     if not c["pipeline"]:
         raise ValueError("the predict stage needs pipeline=DIR_OR_HUB_ID")
+    if not c["output"]:
+        raise ValueError("the predict stage needs output=FILE")
     return predict_file(c["pipeline"], c["output"], input=c["input"], dataset=c["dataset"], split=c["split"],
                         images=c["images"], columns=c["columns"], batch_size=c["batch_size"], device=c["device"],
-                        allow_missing_images=c["allow_missing_images"])
+                        allow_missing_images=c["allow_missing_images"], progress=c["progress"],
+                        chunk_rows=c["chunk_rows"], resume=c["resume"], output_format=c["format"],
+                        revision=c["revision"])
+
+
+def export(config=None, overrides=(), **values):
+    """A pipeline's networks exported to ONNX in `output_dir` (`quantize`: int8), written only when its outputs
+    match the PyTorch pipeline's within the tolerance on `parity_rows` rows of `dataset`'s `split` (default:
+    generated rows); returns the exported MultimodalPipeline. See `mmclf.export`."""
+    from mmclf.export import export_pipeline
+
+    c = stage_config("export", config, overrides, **values)
+    if not c["pipeline"] or not c["output_dir"]:
+        raise ValueError("the export stage needs pipeline=DIR_OR_HUB_ID and output_dir=DIR")
+    rows = None
+    if c["dataset"]:
+        from datasets import load_from_disk
+
+        if not Path(c["dataset"]).is_dir():
+            raise FileNotFoundError(f"dataset folder not found: {c['dataset']}")
+        splits = load_from_disk(str(c["dataset"]))
+        if c["split"] not in splits:
+            raise ValueError(f"{c['dataset']} has no split {c['split']!r}; it has {list(splits)}")
+        rows = splits[c["split"]]
+        rows = rows.select(range(min(len(rows), c["parity_rows"])))
+    return export_pipeline(c["pipeline"], c["output_dir"], format=c["format"], quantize=c["quantize"], rows=rows,
+                           parity_rows=c["parity_rows"], seed=c["seed"], tolerance=c["tolerance"],
+                           min_agreement=c["min_agreement"])
 
 
 STAGES = {"demo_data": demo_data, "build_dataset": build_dataset, "train": train, "denoise": denoise, "fuse": fuse,
           "fuse_features": fuse_features, "ensemble": ensemble, "evaluate": evaluate, "assemble": assemble,
-          "predict": predict}
+          "predict": predict, "export": export}

@@ -37,7 +37,7 @@ def old_dataset(tmp_path):
 def test_existing_out_is_refused_without_overwrite_and_replaced_whole_with_it(old_dataset, tmp_path, capsys):
     x, y, out = old_dataset
     before = fingerprint(out)
-    assert before[0] == ["dataset_dict.json", "summary.json", "summary.md", "test", "train", "validation"]
+    assert before[0] == ["dataset_dict.json", "mmclf_dataset.json", "summary.json", "summary.md", "test", "train", "validation"]
     with pytest.raises(ValueError, match=rf"^{out} already exists; pass --overwrite to replace it$"):
         build_dataset(x, y, out_dir=out, seed=3)
     assert main(["build-dataset", str(x), "--labels", str(y), "--out", str(out), "--seed", "3"]) == 2
@@ -46,7 +46,7 @@ def test_existing_out_is_refused_without_overwrite_and_replaced_whole_with_it(ol
 
     assert main(["build-dataset", str(x), "--labels", str(y), "--out", str(out), "--seed", "3", "--overwrite"]) == 0
     names, ids, summary = fingerprint(out)
-    assert names == ["dataset_dict.json", "summary.json", "summary.md", "train", "validation"]  # old test split gone
+    assert names == ["dataset_dict.json", "mmclf_dataset.json", "summary.json", "summary.md", "train", "validation"]  # old test split gone
     assert list(ids) == ["train", "validation"] and ids["validation"] != before[1]["validation"]
     assert json.loads(summary)["seed"] == 3 and "test" not in json.loads(summary)["splits"]
     assert leftovers(tmp_path) == []

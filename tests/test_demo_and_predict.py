@@ -39,7 +39,7 @@ def test_demo_writes_table_1_and_every_artifact(demo):
     assert [report[k] for k in ("decision_fusion", "decision_fusion_tfidf", "decision_fusion_all")] == \
         report["details"]["decision_fusion_runs"][:3]
     table = (out / "report.md").read_text()
-    assert "| Text expert only (TF-IDF + logistic regression) |" in table
+    assert "| Text expert only (TF-IDF + linear SVM) |" in table
     assert "| Decision-level fusion (all three experts, one run) |" in table
     assert json.loads((out / "fuse_1" / "fusion.json").read_text())["expert_names"] == ["tfidf", "image"]
     for path in ("pipeline/pipeline.json", "pipeline/README.md", "pipeline/experts/image/model.safetensors",

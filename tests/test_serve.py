@@ -2,6 +2,7 @@
 serving afterwards."""
 
 import base64
+import contextlib
 import json
 import socket
 import threading
@@ -22,13 +23,15 @@ EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 IMAGE = FIXTURE / "images" / "image_5001_product_1001.jpg"
 
 
-@pytest.fixture(scope="module")
-def server():
-    pipeline = MultimodalPipeline.from_pretrained(FIXTURE / "pipeline")
-    app = create_app(pipeline, image_root=FIXTURE / "images", max_rows=20, max_request_bytes=200_000)
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(app):
+    port = free_port()
     instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -36,14 +39,26 @@ def server():
     while not instance.started:
         assert time.time() < deadline, "the server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", pipeline
+    yield f"http://127.0.0.1:{port}"
     instance.should_exit = True
     thread.join(timeout=10)
 
 
-def call(url: str, body=None, raw: bytes | None = None):
+@pytest.fixture(scope="module")
+def pipeline():
+    return MultimodalPipeline.from_pretrained(FIXTURE / "pipeline")
+
+
+@pytest.fixture(scope="module")
+def server(pipeline):
+    app = create_app(pipeline, image_root=FIXTURE / "images", max_rows=20, max_request_bytes=200_000)
+    with serving(app) as url:
+        yield url, pipeline
+
+
+def call(url: str, body=None, raw: bytes | None = None, headers: dict | None = None):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -122,3 +137,151 @@ def test_bad_requests_get_a_4xx_naming_row_and_field_and_the_server_goes_on(serv
     assert status == 200 and len(body["predictions"]) == 1
     status, schema = call(f"{url}/openapi.json")
     assert status == 200 and "/predict" in schema["paths"]
+
+
+# --- dynamic batching, access, metrics, time limits, shutdown ---------------------------------------------------
+
+KEY = "s3cret-key"
+
+
+def get_text(url: str, headers: dict | None = None) -> str:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=60) as response:
+        return response.read().decode()
+
+
+def metric(text: str, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+@pytest.fixture(scope="module")
+def batching_server(pipeline):
+    """Small batches (4 rows) and a long wait (150 ms), so concurrent requests share batches and long ones split."""
+    app = create_app(pipeline, image_root=FIXTURE / "images", max_rows=20, max_batch_rows=4, max_wait_ms=150,
+                     api_key=KEY)
+    with serving(app) as url:
+        yield url
+
+
+def test_concurrent_requests_share_batches_and_each_gets_its_own_rows_in_order(batching_server, pipeline):
+    url, auth = batching_server, {"Authorization": f"Bearer {KEY}"}
+    listings = fixture_listings()
+    expected = pipeline.predict_details([{"id": x["id"], "title": x["title"], "description": x["description"],
+                                          "image": base64.b64decode(x["image"]) if "image" in x else None}
+                                         for x in listings])
+    before = get_text(f"{url}/metrics", auth)
+    requests = [listings[i:i + 1] for i in range(12)] + [listings[::-1], listings[3:10]]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        answers = list(pool.map(lambda body: call(f"{url}/predict?top_k=4", body, headers=auth), requests))
+    by_id = dict(zip(expected.ids, zip(expected.codes, expected.probs)))
+    for body, (status, answer) in zip(requests, answers):
+        assert status == 200, answer
+        assert [p["id"] for p in answer["predictions"]] == [x["id"] for x in body]  # the 12-row one spans 3 batches
+        for prediction in answer["predictions"]:
+            code, probs = by_id[prediction["id"]]
+            assert prediction["code"] == code
+            for top in prediction["top"]:
+                assert top["probability"] == pytest.approx(probs[pipeline.class_names.index(top["code"])], abs=1e-5)
+    after = get_text(f"{url}/metrics", auth)
+    rows_sent = sum(map(len, requests))
+    assert metric(after, "mmclf_rows_total", route="/predict", status="200") - \
+        metric(before, "mmclf_rows_total", route="/predict", status="200") == rows_sent
+    assert metric(after, "mmclf_requests_total", route="/predict", status="200") - \
+        metric(before, "mmclf_requests_total", route="/predict", status="200") == len(requests)
+    batches = metric(after, "mmclf_batch_rows_count") - metric(before, "mmclf_batch_rows_count")
+    assert metric(after, "mmclf_batch_rows_sum") - metric(before, "mmclf_batch_rows_sum") == rows_sent
+    assert rows_sent / 4 <= batches < len(requests) + 3  # full batches of 4 at best; far fewer than one per part
+    assert metric(after, "mmclf_queue_rows") == 0
+    assert metric(after, "mmclf_request_seconds_count", route="/predict") >= len(requests)
+
+
+def test_every_route_but_health_needs_the_key(batching_server):
+    url = batching_server
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        for route, body in (("/predict", [{"title": "piscine"}]), ("/metrics", None), ("/openapi.json", None)):
+            status, answer = call(f"{url}{route}", body, headers=headers)
+            assert status == 401 and "API key" in answer["detail"], (route, headers)
+    assert call(f"{url}/health")[0] == 200
+    status, answer = call(f"{url}/predict", [{"title": "piscine"}], headers={"Authorization": f"Bearer {KEY}"})
+    assert status == 200 and len(answer["predictions"]) == 1
+    text = get_text(f"{url}/metrics", {"Authorization": f"Bearer {KEY}"})
+    assert metric(text, "mmclf_requests_total", route="/predict", status="401") >= 3
+
+
+def test_time_limit_answers_504_and_a_full_queue_503(pipeline):
+    app = create_app(pipeline, max_wait_ms=600, max_batch_rows=64, request_timeout_s=0.2, max_queue_rows=2)
+    with serving(app) as url, ThreadPoolExecutor(2) as pool:
+        waiting = pool.submit(call, f"{url}/predict", [{"title": "piscine"}, {"title": "livre"}])
+        time.sleep(0.1)
+        status, answer = call(f"{url}/predict", [{"title": "jeu"}])
+        assert status == 503 and "2 rows are waiting" in answer["detail"]
+        status, answer = waiting.result()
+        assert status == 504 and "did not finish within 0.2 s" in answer["detail"]
+        assert call(f"{url}/health")[0] == 200
+    app.state.batcher.close(5)
+    assert not app.state.batcher.worker.is_alive()
+
+
+@pytest.mark.slow  # a server in a subprocess: ~8 s importing torch
+def test_sigterm_answers_the_request_in_flight_and_the_log_holds_no_listing(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "w") as sink:
+        server = subprocess.Popen([sys.executable, "-m", "mmclf", "serve", "--pipeline", str(FIXTURE / "pipeline"),
+                                   "--port", str(port), "--max-wait-ms", "1500"], stdout=sink, stderr=sink,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1", "MMCLF_API_KEY": KEY})
+        try:
+            url, deadline = f"http://127.0.0.1:{port}", time.time() + 60
+            while call_or_none(f"{url}/health") is None:
+                assert time.time() < deadline and server.poll() is None, log.read_text()
+                time.sleep(0.2)
+            with ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(call, f"{url}/predict", [{"title": "Piscine tubulaire secrète"}],
+                                     headers={"Authorization": f"Bearer {KEY}"})
+                time.sleep(0.5)  # the request now waits in the queue (1.5 s)
+                server.send_signal(signal.SIGTERM)
+                status, body = answer.result(timeout=30)
+            assert status == 200 and len(body["predictions"]) == 1
+            assert server.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+        finally:
+            if server.poll() is None:
+                server.kill()
+    text = log.read_text()
+    assert "Finished server process" in text and "POST /predict" in text
+    assert "Piscine" not in text and "secrète" not in text and KEY not in text
+
+
+def call_or_none(url: str):
+    try:
+        return call(url)
+    except OSError:
+        return None
+
+
+def test_api_key_comes_from_the_option_a_file_or_the_environment(tmp_path, monkeypatch):
+    import argparse
+
+    from mmclf.cli.serve import api_key
+
+    def args(**values):
+        return argparse.Namespace(**{"api_key": None, "api_key_file": None, **values})
+
+    monkeypatch.delenv("MMCLF_API_KEY", raising=False)
+    assert api_key(args()) is None
+    monkeypatch.setenv("MMCLF_API_KEY", "from-env")
+    assert api_key(args()) == "from-env"
+    (tmp_path / "key").write_text("from-file\n")
+    assert api_key(args(api_key_file=str(tmp_path / "key"))) == "from-file"
+    assert api_key(args(api_key="given")) == "given"
+    with pytest.raises(FileNotFoundError, match="--api-key-file not found"):
+        api_key(args(api_key_file=str(tmp_path / "missing")))
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ValueError, match="first line is empty"):
+        api_key(args(api_key_file=str(tmp_path / "empty")))

@@ -1,4 +1,4 @@
-"""The classic text expert (TF-IDF n-grams + logistic regression): training, folds, saving without pickle, reload,
+"""The classic text expert (TF-IDF n-grams + a linear classifier): training, folds, saving without pickle, reload,
 prediction from raw listings, fusion and pipelines."""
 
 import json
@@ -74,7 +74,8 @@ def test_probabilities_match_scikit_learns_own_pipeline():
     from sklearn.linear_model import LogisticRegression
 
     dataset = make_dataset_dict(train_rows=80, validation_rows=0, test_rows=30)
-    expert = TfidfExpert.build({"min_df": 1, "title_weight": 3}, CLASS_NAMES)
+    expert = TfidfExpert.build({"min_df": 1, "title_weight": 3, "classifier": "logistic", "C": 20.0,
+                                "class_weight": None, "calibration": "none"}, CLASS_NAMES)
     expert.fit(dataset["train"])
     config = expert.config
     train_docs = documents(dataset["train"]["title"], dataset["train"]["description"], config)

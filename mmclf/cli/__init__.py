@@ -28,6 +28,7 @@ COMMANDS = {
     "predict": "raw files + saved pipeline -> submission file",
     "push": "push a pipeline, expert or fusion folder to the Hub",
     "serve": "HTTP server answering predictions of a pipeline",
+    "export": "a pipeline exported to ONNX Runtime (optionally int8), written only when its parity holds",
 }
 
 

@@ -3,7 +3,9 @@ feature-level baseline over saved experts (`--level feature`, `mmclf.stages.fuse
 
 from __future__ import annotations
 
-from mmclf.fusion.decision import FUSION_INPUTS, FUSION_STARTS
+# the choices of mmclf.fusion.decision, written out so that `--help` does not import torch
+FUSION_INPUTS = ("probs", "log_probs")
+FUSION_STARTS = ("random", "mean")
 
 
 def add_arguments(parser) -> None:

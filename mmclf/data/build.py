@@ -15,7 +15,9 @@ Policy for bad input (documented in README):
 
 With an output folder, the dataset and its summary are written to `.NAME.partial-PID-*` beside it and renamed
 into place only when complete: a folder named NAME is a complete dataset, and a killed build leaves the old one
-(or, with `overwrite`, at worst nothing). Partial folders of builds that no longer run are removed by the next.
+(with `overwrite`, a kill between setting the old one aside and renaming the new one in leaves it in the partial
+folder, and the next build puts it back). Partial folders of builds that no longer run are removed by the next.
+Every built dataset holds `mmclf_dataset.json`; `overwrite` replaces only a folder that holds it.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ from mmclf.data.readers import (
     read_labels_file,
 )
 from mmclf.data.rows import LIST_LIMIT, ImageCheck, locate_images, prepare_rows, sorted_codes, to_dataset
-from mmclf.rundir import staged_folder
+from mmclf.rundir import remove_stale_partials, staged_folder
 
 SCRATCH = ".parts"  # chunks read so far, inside the staged dataset folder until the dataset is saved
+DATASET_MARKER = "mmclf_dataset.json"  # in every built dataset: what `overwrite` may replace
 
 
 @dataclass
@@ -73,6 +76,11 @@ class Source:
         counts.pop("", None)
         return counts
 
+    def label_path_and_column(self) -> tuple[Path, str]:
+        if self.labels is not None:
+            return self.labels.path, self.labels.source_columns["label"]
+        return self.features.path, self.features.source_columns["label"]
+
     def info(self) -> dict:
         return {"file": str(self.features.path), "format": self.features.format, "rows": self.rows,
                 "columns": self.features.described_columns, "rows_with_replaced_bytes": self.features.replaced_byte_rows}
@@ -98,14 +106,8 @@ def _check_rare_codes(source: Source, counts: dict, class_names: list[str], min_
     rare = {code: n for code, n in counts.items() if n < min_rows and code in class_names}
     if not rare:
         return
-    rows = {code: [] for code in rare}
-    for table in source.label_tables():
-        for row in np.flatnonzero(table.frame["label"].isin(rare.keys()).to_numpy()):
-            found = rows[table.frame["label"].iat[row]]
-            if len(found) < 5:
-                sample_id = f" (id {table.frame['id'].iat[row]!r})" if "id" in table.frame else ""
-                found.append(f"row {table.first_row + row + 1}{sample_id}")
-        path, column = table.path, table.source_columns["label"]
+    rows = _code_rows(source, rare)
+    path, column = source.label_path_and_column()
     listed = "; ".join(f"{code!r} in {n} row{'s' if n > 1 else ''} ({', '.join(rows[code])}{', ...' if n > 5 else ''})"
                        for code, n in sorted(rare.items(), key=lambda item: item[1])[:10])
     raise ValueError(
@@ -113,6 +115,34 @@ def _check_rare_codes(source: Source, counts: dict, class_names: list[str], min_
         f"stratified split needs 2 rows per class): {listed}{' ...' if len(rare) > 10 else ''}. Fix these codes in "
         "the file, or pass --classes with the expected codes to refuse unknown ones"
     )
+
+
+def _code_rows(source: Source, codes, limit: int = 5) -> dict:
+    """code -> 'row N (id X)' of its first `limit` rows in the source's label file."""
+    rows = {code: [] for code in codes}
+    for table in source.label_tables():
+        for row in np.flatnonzero(table.frame["label"].isin(rows.keys()).to_numpy()):
+            found = rows[table.frame["label"].iat[row]]
+            if len(found) < limit:
+                sample_id = f" (id {table.frame['id'].iat[row]!r})" if "id" in table.frame else ""
+                found.append(f"row {table.first_row + row + 1}{sample_id}")
+    return rows
+
+
+def rare_codes(source: Source, min_rows: int) -> dict:
+    """Codes that look like mistakes, with their rows: under `min_rows` rows or under 1 % of the median class, or
+    not an integer where the other codes are (a typo such as `27O5`). Reported in the summary for every split."""
+    counts = source.label_counts()
+    if not counts:
+        return {}
+    median = float(np.median(list(counts.values())))
+    integers = sum(code.lstrip("-").isdigit() for code in counts) > len(counts) / 2
+    suspect = {code: n for code, n in counts.items()
+               if n < max(min_rows, median / 100) or (integers and not code.lstrip("-").isdigit())}
+    rows = _code_rows(source, suspect)
+    path, column = source.label_path_and_column()
+    return {code: {"rows": n, "first_rows": rows[code], "file": str(path), "column": column}
+            for code, n in sorted(suspect.items(), key=lambda item: item[1])}
 
 
 def _read_source(source: Source, class_names: list[str], check_classes: bool, seen_ids: dict, rejected: dict,
@@ -165,12 +195,13 @@ def _read_source(source: Source, class_names: list[str], check_classes: bool, se
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
+    remove_stale_partials(out)  # puts back a dataset set aside by an overwrite killed half-way
     if not (out.exists() or out.is_symlink()) or (out.is_dir() and not any(out.iterdir())):
         return
     if not overwrite:
         raise ValueError(f"{out} already exists; pass --overwrite to replace it")
-    if not out.is_dir() or not ((out / "dataset_dict.json").is_file() or (out / "summary.json").is_file()):
-        raise ValueError(f"{out} is not a dataset folder (no dataset_dict.json or summary.json): --overwrite "
+    if out.is_symlink() or not (out / DATASET_MARKER).is_file():
+        raise ValueError(f"{out} is not a dataset folder built by mmclf (no {DATASET_MARKER}): --overwrite "
                          "replaces only a dataset; choose another --out or remove it yourself")
 
 
@@ -261,10 +292,14 @@ def build_dataset(
             splits["test"] = read["test"]
         dataset = DatasetDict(splits)
         summary = _summarise(dataset, sources, rejected, class_names, validation_fraction, seed)
+        summary["rare_codes"] = {name: rare for name, source in sources.items()
+                                 if source.labelled and (rare := rare_codes(source, min_class_rows))}
         if staged is not None:
             dataset.save_to_disk(str(staged))
             (staged / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
             (staged / "summary.md").write_text(summary_markdown(summary))
+            (staged / DATASET_MARKER).write_text(json.dumps({"format": "mmclf-dataset", "version": 1,
+                                                             "splits": list(dataset), "classes": class_names}))
             shutil.rmtree(staged / SCRATCH)  # the chunks the dataset was read from: it is saved whole now
     if out is not None:
         dataset = load_from_disk(str(out))  # the parts it was read from are gone
@@ -321,6 +356,9 @@ def summary_markdown(summary: dict) -> str:
     for name, info in summary["sources"].items():
         if info["rows_with_replaced_bytes"]:
             lines.append(f"Rows with undecodable bytes replaced ({name}): {info['rows_with_replaced_bytes']:,}")
+    for name, codes in summary.get("rare_codes", {}).items():
+        lines.append(f"Rare or odd label codes ({name}; check them for typos):")
+        lines += [f"  - {code!r}: {info['rows']:,} row(s), {', '.join(info['first_rows'])}" for code, info in codes.items()]
     total_rejected = sum(r["count"] for r in summary["rows_rejected"].values())
     lines.append(f"Rows rejected: {total_rejected:,}")
     for reason, info in summary["rows_rejected"].items():

@@ -8,6 +8,7 @@ and the column. Files are read in chunks of `CHUNK_ROWS` rows so that memory sta
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ KNOWN_FORMATS = {
 OPTIONAL_FIELDS = {"description"}  # a known layout without it (title-only) still builds
 CHUNK_ROWS = 20_000  # rows read, checked and converted at a time
 ROW_NUMBER = "<row number>"  # the id "column" of files without one
+# what pandas raises on a file it cannot read: a bad layout, no columns at all, a stream the codec refuses (UTF-16
+# without a byte order mark)
+UNPARSABLE = (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeError)
 
 # Undecodable bytes become private-use characters U+F780..U+F7FF, so that the parsed table can
 # say in which row and column they sit (pandas cannot parse lone surrogates).
@@ -64,6 +68,10 @@ def _open_chunks(path: Path, encoding: str, chunk_rows: int) -> tuple[list[str],
     arrive as marker characters (see `_replace_bad_bytes`)."""
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"{path}: unknown encoding {encoding!r} (--encoding); e.g. utf-8, latin-1, cp1252") from None
     with open(path, "rb") as handle:
         head = handle.read(65536)
     if not head.strip():
@@ -74,8 +82,8 @@ def _open_chunks(path: Path, encoding: str, chunk_rows: int) -> tuple[list[str],
                "encoding_errors": "mmclf-mark"}
     try:
         first = pd.read_csv(path, nrows=1, **options)
-    except pd.errors.ParserError as error:
-        raise ValueError(f"{path} could not be parsed as {kind}: {error}") from None
+    except UNPARSABLE as error:
+        raise ValueError(f"{path} could not be parsed as {kind} ({encoding}): {error}") from None
     if len(first) == 0:
         raise ValueError(f"{path} has a header but no rows")
     columns = ["" if str(c).startswith("Unnamed: 0") else str(c).strip() for c in first.columns]
@@ -85,10 +93,29 @@ def _open_chunks(path: Path, encoding: str, chunk_rows: int) -> tuple[list[str],
             for chunk in pd.read_csv(path, chunksize=chunk_rows, **options):
                 chunk.columns = columns
                 yield chunk
-        except pd.errors.ParserError as error:
-            raise ValueError(f"{path} could not be parsed as {kind}: {error}") from None
+        except UNPARSABLE as error:
+            raise ValueError(f"{path} could not be parsed as {kind} ({encoding}): {error}") from None
 
     return columns, chunks()
+
+
+def _stat(path: Path) -> tuple[int, float]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime
+
+
+@functools.lru_cache(maxsize=16)
+def _decodes_strictly(path: Path, encoding: str, size: int, mtime: float) -> bool:
+    """Whether the whole file is valid `encoding` (size and mtime: a changed file is decoded again)."""
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _replace_bad_bytes(frame: pd.DataFrame, path: Path, first_row: int, encoding: str, encoding_errors: str) -> int:
@@ -96,6 +123,8 @@ def _replace_bad_bytes(frame: pd.DataFrame, path: Path, first_row: int, encoding
     replaced = 0
     for column in frame.columns:
         bad = frame[column].str.contains(_BAD_BYTE, regex=True)
+        if bad.any() and _decodes_strictly(path, encoding, *_stat(path)):
+            return 0  # the markers are the file's own private-use characters, not undecodable bytes
         if bad.any():
             row = int(bad.to_numpy().argmax())
             if encoding_errors == "strict":
@@ -179,6 +208,10 @@ def read_features_file(path, column_map: dict | None = None, encoding: str = "ut
             raise ValueError(f"--columns: unknown field(s) {sorted(unknown)}; fields are {list(FIELDS)}")
         if "title" not in column_map:
             raise ValueError("--columns must map at least title=<column>")
+        absent = [c for c in column_map.values() if c.lower() not in {name.lower() for name in columns}]
+        if absent:  # above all id=NAME: ids silently becoming row numbers would be a wrong answer
+            raise ValueError(f"{path}: --columns names column(s) {absent} that the file lacks; its columns are "
+                             f"{list(columns)}")
         fmt, wanted = "generic", dict(column_map)
     else:
         fmt = detect_format(columns)

@@ -33,9 +33,14 @@ def image_file_name(image_id: str, product_id: str) -> str:
     return f"image_{image_id}_product_{product_id}.jpg"
 
 
+def code_order(code: str):
+    """Integer codes in numeric order, then any other code in text order: one odd code (a typo such as `27O5`)
+    does not re-sort the others as text (…, 2905, 40, 50)."""
+    return (0, int(code), "") if code.lstrip("-").isdigit() else (1, 0, code)
+
+
 def sorted_codes(codes) -> list[str]:
-    codes = sorted(set(codes))
-    return sorted(codes, key=int) if all(c.lstrip("-").isdigit() for c in codes) else codes
+    return sorted(set(codes), key=code_order)
 
 
 
@@ -78,6 +83,16 @@ def locate_images(table: RawTable, images_dir: Path | None, present: set, check:
     candidates = [(row, str(images_dir / name)) for row, name in enumerate(names) if name and Path(name).name in present]
     paths = [None] * len(frame)
     unreadable_before = len(check.unreadable)
+    # a symlink or `../` that leads out of the images folder is refused like an unreadable image
+    root = images_dir.resolve()
+    outside = {row for row, path in candidates if not Path(path).resolve().is_relative_to(root)}
+    for row, path in candidates:
+        if row in outside:
+            if strict:
+                raise ValueError(f"image {path} for {table.where(row)} leads outside the images folder {images_dir} "
+                                 "(a symlink or ..): refused")
+            check.unreadable.append((path, f"leads outside the images folder {images_dir}"))
+    candidates = [(row, path) for row, path in candidates if row not in outside]
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = pool.map(check_image, [p for _, p in candidates], chunksize=64)
         for (row, path), (status, detail) in progress_bar(

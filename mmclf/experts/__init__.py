@@ -46,7 +46,8 @@ def read_expert_info(directory) -> dict:
 def load_expert(directory, revision: str | None = None):
     """The saved expert in `directory` (or an `owner/name` Hub id at `revision`), whatever its kind (read from its
     mmclf_expert.json)."""
-    from mmclf.hub import local_or_hub
+    from mmclf.hub import local_or_hub, refuse_pickles
 
     directory = local_or_hub(directory, revision) if not Path(directory).exists() else Path(directory)
+    refuse_pickles(directory)
     return expert_class(read_expert_info(directory)["kind"]).from_pretrained(directory)

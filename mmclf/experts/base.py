@@ -142,6 +142,23 @@ class Expert(Artifact):
         """The backbone's pooled features of a collated batch (for feature-level fusion)."""
         raise NotImplementedError
 
+    # --- a frozen backbone (training.frozen_backbone): its features computed once, only the head trains ----------
+
+    def head(self) -> torch.nn.Module:
+        """The part that trains over a frozen backbone: frozen features -> class logits (the model's own modules)."""
+        raise ValueError(f"the {self.kind} expert has no frozen-backbone mode (training.frozen_backbone)")
+
+    def frozen_features(self, inputs: dict) -> torch.Tensor:
+        """What `head()` reads: the frozen backbone's output for a collated batch."""
+        raise ValueError(f"the {self.kind} expert has no frozen-backbone mode (training.frozen_backbone)")
+
+    def freeze_backbone(self) -> torch.nn.Module:
+        """Every parameter frozen but the head's; returns the head."""
+        head = self.head()
+        self.model.requires_grad_(False)
+        head.requires_grad_(True)
+        return head
+
     def fit(self, train_dataset, eval_dataset) -> None:
         """Experts with `trains_with_loop = False` fit here, in one call."""
         raise NotImplementedError

@@ -133,7 +133,7 @@ class DCLExpert(ImageExpert):
         check_dcl_config(config)
         image = ImageExpert.build({key: config[key] for key in IMAGE_DEFAULTS}, class_names)
         model = DCLModel(image.model, config["name"], config["grid"], adversarial_outputs(config, len(class_names)))
-        return cls(model, config)
+        return cls(model, config, image.metadata)  # with the pretrained weights' load report
 
     # --- saving: a plain image expert + the auxiliary heads ---------------------------------------------------
 
@@ -164,6 +164,10 @@ class DCLExpert(ImageExpert):
 
     def initialise_from(self, directory) -> str:
         return copy_image_weights(self.model.classifier, ImageExpert.from_pretrained(directory).model, directory)
+
+    def head(self):
+        raise ValueError("DCL trains the backbone on shuffled regions: training.frozen_backbone does not apply "
+                         "(freeze an image expert instead)")
 
     # --- encoding -----------------------------------------------------------------------------------------
 

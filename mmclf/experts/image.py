@@ -2,7 +2,8 @@
 `PyTorchModelHubMixin`, so a saved folder rebuilds offline with `ImageClassifier.from_pretrained(dir)`.
 
 Weights: ImageNet from the Hub only when the recipe says `pretrained: true` (or names a Hub id), from a
-local file with `pretrained_file`, otherwise random (offline). Transforms as in the paper: training
+local file with `pretrained_file` (its names mapped onto timm's with `key_map`; a load that fills under
+`min_loaded` of the backbone is refused), otherwise random (offline). Transforms as in the paper: training
 resizes, rotates, random-crops and flips; evaluation resizes and centre-crops.
 
 Rows without an image are kept: they get a blank image of the normalisation mean colour (so the input
@@ -14,6 +15,8 @@ A dataset written by `mmclf cache-images` with a column `image_<resize_size>px` 
 
 from __future__ import annotations
 
+import pickle  # only for its error type: weights load weights-only
+import re
 import warnings
 from functools import partial
 from pathlib import Path
@@ -23,6 +26,7 @@ import timm
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from PIL import Image
+from safetensors.torch import load_file
 from torch import nn
 from torchvision import transforms as T
 
@@ -33,7 +37,9 @@ from mmclf.hub import from_pretrained_quietly
 CONFIG_DEFAULTS = {
     "name": "resnet152",  # any timm model name
     "pretrained": False,  # true: ImageNet weights from the Hub; or a Hub id (hf-hub:org/name)
-    "pretrained_file": None,  # a local weights file (timm pretrained_cfg_overlay=dict(file=...))
+    "pretrained_file": None,  # a local weights file: safetensors, or a torch state dict (.pth/.bin, loaded weights-only)
+    "key_map": None,  # pretrained_file's names -> timm's: {regex: replacement} applied in order, or "order" (by position)
+    "min_loaded": 0.9,  # refuse a pretrained_file that fills under this share of the backbone's tensors
     "image_size": 224,
     "resize_size": 256,  # resize the shorter side to this, then crop image_size (random for training, centre for eval)
     "rotation": 15,  # random rotation in degrees (training)
@@ -63,18 +69,98 @@ class ImageClassifier(nn.Module, PyTorchModelHubMixin, library_name="mmclf", tag
         return self.backbone.forward_head(self.backbone.forward_features(pixel_values), pre_logits=True)
 
 
-def load_pretrained_backbone(model: ImageClassifier, config: dict) -> None:
-    """Copy ImageNet (or local-file) weights into the backbone; the classifier keeps its new shape."""
+def load_pretrained_backbone(model: ImageClassifier, config: dict) -> dict | None:
+    """Copy ImageNet (Hub) or local-file weights into the backbone; the classifier keeps its new shape.
+    Returns the load report of a local file (None otherwise)."""
     pretrained, weights_file = config["pretrained"], config["pretrained_file"]
-    if not pretrained and not weights_file:
-        return
+    if weights_file:
+        return load_weights_file(model, weights_file, config["key_map"], config["min_loaded"])
+    if not pretrained:
+        return None
     name = pretrained if isinstance(pretrained, str) else config["name"]
-    overlay = {"file": str(weights_file)} if weights_file else None
-    if weights_file and not Path(weights_file).is_file():
-        raise FileNotFoundError(f"model.pretrained_file not found: {weights_file}")
-    source = timm.create_model(name, pretrained=True, num_classes=len(model.class_names),
-                               pretrained_cfg_overlay=overlay)
+    source = timm.create_model(name, pretrained=True, num_classes=len(model.class_names))
     model.backbone.load_state_dict(source.state_dict())
+    return None
+
+
+def read_state_dict(path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file or a torch checkpoint (weights only: no pickled code runs); a checkpoint that
+    wraps its weights in `state_dict` / `model` is unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.pretrained_file not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as error:
+        raise ValueError(f"model.pretrained_file {path} is neither safetensors nor a torch state dict that loads "
+                         f"weights-only: {error}") from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"model.pretrained_file {path} holds no mapping of names to tensors")
+    return state
+
+
+def map_keys(state: dict, key_map, target: dict) -> dict:
+    """Rename `state`'s tensors to the target's names: regex replacements in order, or "order": the i-th tensor of
+    the file to the i-th of the target, where both list the same number of tensors of the same shapes."""
+    if not key_map:
+        return dict(state)
+    if key_map == "order":
+        given, wanted = list(state.items()), list(target.items())
+        if len(given) != len(wanted):
+            raise ValueError(f"model.key_map=order: the file has {len(given)} tensors, the backbone {len(wanted)}")
+        for (name, tensor), (target_name, target_tensor) in zip(given, wanted):
+            if tensor.shape != target_tensor.shape and not target_name.startswith("__head__"):
+                raise ValueError(f"model.key_map=order: {name} {tuple(tensor.shape)} does not fit {target_name} "
+                                 f"{tuple(target_tensor.shape)}")
+        return {target_name: tensor for (_, tensor), (target_name, _) in zip(given, wanted)}
+    if not isinstance(key_map, dict):
+        raise ValueError(f"model.key_map must be a mapping {{regex: replacement}} or 'order', got {key_map!r}")  # noqa: TRY004
+    renamed = {}
+    for name, tensor in state.items():
+        for pattern, replacement in key_map.items():
+            name = re.sub(pattern, replacement, name)
+        renamed[name] = tensor
+    return renamed
+
+
+def load_weights_file(model: ImageClassifier, path, key_map=None, min_loaded: float = 0.9) -> dict:
+    """Load a weights file into the backbone (not its classifier, which is new). Tensors whose name and shape match
+    load; the report counts loaded / missing / unexpected ones. Refused (error listing the unmatched names) when
+    under `min_loaded` of the backbone's tensors would load: a partial load must not pass for a pretrained one."""
+    backbone = model.backbone
+    head = next(name for name, module in backbone.named_modules() if module is backbone.get_classifier())
+    wanted = {k: v for k, v in backbone.state_dict().items() if not k.startswith(f"{head}.")}
+    if key_map == "order" and Path(path).suffix == ".safetensors":
+        raise ValueError(f"model.key_map=order needs a torch state dict (.pth, tensors in the order they were saved); "
+                         f"{path} is safetensors, whose tensors are stored sorted: give a {{regex: replacement}} map")
+    state = read_state_dict(path)
+    target = wanted
+    if key_map == "order" and len(state) > len(wanted):  # the file's own classifier, last: matched, then dropped
+        target = {**wanted, **{f"__head__{k}": v for k, v in backbone.state_dict().items() if k.startswith(f"{head}.")}}
+    given = map_keys(state, key_map, target)
+    given = {k: v for k, v in given.items() if not k.startswith(("__head__", f"{head}."))}
+    loaded = [k for k in wanted if k in given and given[k].shape == wanted[k].shape]
+    report = {"file": str(path), "loaded": len(loaded), "backbone_tensors": len(wanted),
+              "missing": [k for k in wanted if k not in given],
+              "unexpected": [k for k in given if k not in wanted],
+              "shape_mismatch": [f"{k} {tuple(given[k].shape)} -> {tuple(wanted[k].shape)}"
+                                 for k in wanted if k in given and given[k].shape != wanted[k].shape]}
+    summary = (f"pretrained_file {path}: {len(loaded)} of {len(wanted)} backbone tensors loaded, "
+               f"{len(report['missing'])} missing, {len(report['unexpected'])} unexpected, "
+               f"{len(report['shape_mismatch'])} of another shape; classifier ({head}) new")
+    if len(loaded) < min_loaded * len(wanted):
+        details = "; ".join(f"{what}: {', '.join(report[what][:6])}{', ...' if len(report[what]) > 6 else ''}"
+                            for what in ("missing", "unexpected", "shape_mismatch") if report[what])
+        raise ValueError(f"{summary}: under model.min_loaded={min_loaded} of the backbone would load, refused. "
+                         f"{details}. Map the file's names onto timm's with model.key_map ({{regex: replacement}} "
+                         f"or 'order')")
+    backbone.load_state_dict({k: given[k] for k in loaded}, strict=False)
+    return {"summary": summary, **{k: v if isinstance(v, (int, str)) else len(v) for k, v in report.items()}}
 
 
 def copy_image_weights(target: ImageClassifier, source: ImageClassifier, where) -> str:
@@ -151,8 +237,8 @@ class ImageExpert(Expert):
         std = config["std"] or list(getattr(default, "std", None) or (0.229, 0.224, 0.225))
         model = ImageClassifier(config["name"], class_names, config["image_size"], config["resize_size"],
                                 mean, std, config["drop_rate"])
-        load_pretrained_backbone(model, config)
-        return cls(model, config)
+        report = load_pretrained_backbone(model, config)
+        return cls(model, config, {"pretrained_load": report} if report else None)
 
     @property
     def base_model(self) -> str | None:
@@ -215,3 +301,10 @@ class ImageExpert(Expert):
 
     def pooled_features(self, inputs: dict) -> torch.Tensor:
         return self.model.pooled_features(inputs["pixel_values"])
+
+    def head(self) -> nn.Module:
+        backbone = self.model.backbone
+        return nn.Sequential(nn.Dropout(getattr(backbone, "drop_rate", 0.0)), backbone.get_classifier())
+
+    def frozen_features(self, inputs: dict) -> torch.Tensor:
+        return self.pooled_features(inputs)

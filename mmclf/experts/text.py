@@ -1,7 +1,8 @@
 """Text expert: a transformers sequence classifier (CamemBERT in the paper) on the (title, description) pair.
 
-The model comes from a Hub id or a local folder (`camembert-base`, `camembert/camembert-large`, any
-encoder), or, offline, is a tiny CamemBERT built from a config with a Unigram tokenizer trained on
+The model comes from a Hub id or a local folder (`camembert-base`, `camembert/camembert-large`, any BERT-,
+RoBERTa- or CamemBERT-style encoder, e.g. a `save_pretrained` folder) with its own tokenizer, special tokens
+and token types, and a new classification head (the load report counts loaded / missing / unused tensors), or, offline, is a tiny CamemBERT built from a config with a Unigram tokenizer trained on
 the training texts (`model.name: tiny`). Texts are tokenised once per split (cached `datasets.map`) with
 truncation `longest_first` and padded per batch.
 """
@@ -9,9 +10,11 @@ truncation `longest_first` and padded per batch.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -30,6 +33,7 @@ CONFIG_DEFAULTS = {
     "name": "tiny",  # a Hub id (camembert-base), a local folder, or "tiny": a small encoder built offline
     "max_length": 256,
     "dropout": 0.1,
+    "min_loaded": 0.9,  # a pretrained encoder: refuse one whose checkpoint fills under this share of its tensors
     # the "tiny" encoder: a CamemBERT config of this size and a Unigram tokenizer trained on the training texts
     "tiny_vocab_size": 4000,
     "tiny_hidden_size": 64,
@@ -94,12 +98,16 @@ class TextExpert(Expert):
             for key in ("hidden_dropout_prob", "classifier_dropout"):
                 if hasattr(model_config, key):
                     setattr(model_config, key, config["dropout"])
-            model = AutoModelForSequenceClassification.from_pretrained(config["name"], config=model_config)
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
+                config["name"], config=model_config, ignore_mismatched_sizes=True, output_loading_info=True)
+            check_max_length(model, max_length, config["name"])
+            return cls(model, tokenizer, config, {"pretrained_load": load_report(model, loading, config)})
         return cls(model, tokenizer, config)
 
     @property
     def base_model(self) -> str | None:
-        return None if self.config["name"] == "tiny" else self.config["name"]
+        name = self.config["name"]
+        return None if name == "tiny" or Path(name).is_dir() else name
 
     def save_model(self, directory) -> None:
         self.model.save_pretrained(directory)
@@ -135,3 +143,45 @@ class TextExpert(Expert):
     def pooled_features(self, inputs: dict) -> torch.Tensor:
         """The encoder's first-token ([CLS] / <s>) hidden state."""
         return self.model.base_model(**inputs).last_hidden_state[:, 0]
+
+    def head(self) -> nn.Module:
+        """BERT-style models classify dropout(pooler output) with one linear layer; RoBERTa-style ones (CamemBERT)
+        have a head module that reads the first token of the sequence."""
+        if isinstance(self.model.classifier, nn.Linear):
+            return nn.Sequential(self.model.dropout, self.model.classifier)
+        return nn.Sequential(nn.Unflatten(1, (1, -1)), self.model.classifier)
+
+    def frozen_features(self, inputs: dict) -> torch.Tensor:
+        outputs = self.model.base_model(**inputs)
+        pooled = getattr(outputs, "pooler_output", None)
+        if isinstance(self.model.classifier, nn.Linear) and pooled is not None:
+            return pooled
+        return outputs.last_hidden_state[:, 0]
+
+
+def check_max_length(model, max_length: int, name: str) -> None:
+    """Position ids of RoBERTa-style models start after the padding index: they hold 2 fewer tokens."""
+    padding_idx = getattr(model.base_model.embeddings, "padding_idx", None)
+    limit = model.config.max_position_embeddings - (padding_idx + 1 if padding_idx is not None else 0)
+    if max_length > limit:
+        raise ValueError(f"model.max_length={max_length} is longer than {name} can read ({limit} tokens)")
+
+
+def load_report(model, loading: dict, config: dict) -> dict:
+    """Counts of the checkpoint's tensors: loaded into the encoder, new (the head, or missing), unused; a checkpoint
+    that fills under `min_loaded` of the encoder is refused (e.g. a folder of another architecture)."""
+    names = list(model.state_dict())
+    mismatched = [item[0] if isinstance(item, (tuple, list)) else item for item in loading.get("mismatched_keys", [])]
+    new = set(loading.get("missing_keys", [])) | set(mismatched)
+    head = [n for n in names if n.startswith("classifier.")]
+    encoder = [n for n in names if not n.startswith("classifier.")]
+    missing = [n for n in encoder if n in new]
+    loaded = len(encoder) - len(missing)
+    summary = (f"pretrained encoder {config['name']}: {loaded} of {len(encoder)} encoder tensors loaded, "
+               f"{len(missing)} missing, {len(loading.get('unexpected_keys', []))} unexpected; classifier "
+               f"{'new' if all(n in new for n in head) else 'from the checkpoint'} ({len(head)} tensors)")
+    if loaded < config["min_loaded"] * len(encoder):
+        raise ValueError(f"{summary}: under model.min_loaded={config['min_loaded']} of the encoder would load, "
+                         f"refused; missing: {', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''}")
+    return {"summary": summary, "loaded": loaded, "encoder_tensors": len(encoder), "missing": len(missing),
+            "unexpected": len(loading.get("unexpected_keys", []))}

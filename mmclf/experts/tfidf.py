@@ -1,6 +1,7 @@
-"""Classic text expert: TF-IDF word and character n-grams over the title and description, and a multinomial
-logistic regression. It fits in one call (no gradient loop, no GPU): minutes on a laptop for the full
-challenge set, and an ensemble member whose errors differ from a transformer's.
+"""Classic text expert: TF-IDF word and character n-grams over the title and description, and a linear
+classifier (a linear SVM by default, or a multinomial logistic regression) whose scores are calibrated into
+probabilities by temperature scaling. It fits in one call (no gradient loop, no GPU): minutes on a laptop
+for the full challenge set, and an ensemble member whose errors differ from a transformer's.
 
 Text: each row's title and description are cleaned (HTML entities decoded, tags stripped, whitespace
 collapsed), lower-cased and, by default, stripped of accents. Two vocabularies are fitted by
@@ -9,6 +10,11 @@ scikit-learn's `TfidfVectorizer` on the training rows: word n-grams (tokens of 2
 `min_df` / `max_df` / `max_features`. A row's term counts are its title's counts times `title_weight`
 plus its description's counts; tf is sublinear (1 + log tf), multiplied by the smoothed idf, and each
 block (word, char) is L2-normalised. The blocks side by side, sparse throughout, feed the classifier.
+
+Probabilities: softmax(scores / T), with one temperature T fitted to the log-loss of out-of-fold scores
+(inner stratified folds of the training rows) and folded into the coefficients. With `tune`, a small grid
+(C, class weights, n-gram ranges) is searched by inner cross-validated macro-F1 before the final fit; the
+winner's out-of-fold scores fit the temperature.
 
 Saved without pickle, in a form that does not depend on the scikit-learn version: the vocabularies and
 idf weights in `vocabulary.parquet` (block, term, idf; one row per feature, in feature order), the
@@ -22,6 +28,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import partial
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +37,7 @@ from tqdm.auto import tqdm
 
 from mmclf.data.rows import clean_text
 from mmclf.experts.base import Expert
+from mmclf.scoring import macro_f1
 
 VOCABULARY_FILE = "vocabulary.parquet"
 WEIGHTS_FILE = "model.safetensors"
@@ -43,11 +51,26 @@ CONFIG_DEFAULTS = {
     "max_features": 500000,  # per block: the most frequent terms kept (null: all)
     "title_weight": 2,  # the title's term counts count this many times (an integer >= 1)
     "strip_accents": True,
-    "C": 20.0,  # inverse L2 regularisation strength of the logistic regression
-    "class_weight": None,  # null | balanced (weights inversely proportional to class frequencies)
+    "classifier": "linear_svm",  # linear_svm (squared hinge, one-vs-rest) | logistic (multinomial)
+    "C": 0.5,  # inverse L2 regularisation strength of the classifier
+    "class_weight": "balanced",  # null | balanced (weights inversely proportional to class frequencies)
     "max_iter": 1000,
     "tol": 1.0e-4,
+    "calibration": "temperature",  # temperature: softmax(scores / T), T fitted on out-of-fold scores | none
+    "calibration_folds": 3,  # inner folds whose out-of-fold scores fit the temperature
+    "tune": False,  # true: pick the best tune_grid setting by inner cross-validated macro-F1
+    "tune_folds": 3,
+    "tune_grid": {  # the settings tried (every combination); n-gram ranges share the configured smallest length
+        "C": [0.25, 0.5, 1.0],
+        "class_weight": [None, "balanced"],
+        "word_ngrams": [[1, 2]],
+        "char_ngrams": [[2, 4], [2, 5]],
+    },
+    "seed": 0,  # inner folds and the linear SVM's coordinate order
 }
+CLASSIFIERS = ("linear_svm", "logistic")
+CALIBRATIONS = ("temperature", "none")
+TUNED_KEYS = ("C", "class_weight", "word_ngrams", "char_ngrams")
 
 _WORD = re.compile(r"(?u)\b\w\w+\b")
 _SPACE = re.compile(r"\s\s+")
@@ -132,6 +155,105 @@ def check_tfidf_config(config: dict) -> None:
         raise ValueError(f"model.class_weight must be null or balanced, got {config['class_weight']!r}")
     if not config["C"] > 0:
         raise ValueError(f"model.C must be > 0, got {config['C']!r}")
+    for key, allowed in (("classifier", CLASSIFIERS), ("calibration", CALIBRATIONS)):
+        if config[key] not in allowed:
+            raise ValueError(f"model.{key} must be one of {', '.join(allowed)}, got {config[key]!r}")
+    for key in ("calibration_folds", "tune_folds"):
+        if not (isinstance(config[key], int) and config[key] >= 2):
+            raise ValueError(f"model.{key} must be an integer >= 2, got {config[key]!r}")
+    grid = config["tune_grid"]
+    unknown = sorted(set(grid) - set(TUNED_KEYS))
+    if unknown:
+        raise ValueError(f"model.tune_grid: unknown key(s) {unknown}; it may vary {', '.join(TUNED_KEYS)}")
+    for key, values in grid.items():
+        if not (isinstance(values, list) and values):
+            raise ValueError(f"model.tune_grid.{key} must be a non-empty list of values, got {values!r}")
+        for value in values:
+            check_tfidf_config({**config, key: value, "tune_grid": {}})
+        if key.endswith("_ngrams") and any(value[0] != config[key][0] for value in values):
+            raise ValueError(f"model.tune_grid.{key}: every range must start at {config[key][0]}, the smallest length "
+                             f"of model.{key} (the search selects n-grams by length from one vocabulary), got {values!r}")
+
+
+def ngram_lengths(vocabulary: dict[str, int], block: str) -> np.ndarray:
+    """Each term's n-gram length, in feature order: words for the word block, characters for the char block.
+    Terms up to length h are exactly the vocabulary a range [low, h] would give (while max_features does not
+    bind), so one vocabulary serves every range the search tries."""
+    terms = sorted(vocabulary, key=vocabulary.get)
+    return np.array([t.count(" ") + 1 if block == "word" else len(t) for t in terms], dtype=np.int64)
+
+
+def make_classifier(config: dict):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    if config["classifier"] == "logistic":
+        return LogisticRegression(C=config["C"], class_weight=config["class_weight"], max_iter=config["max_iter"],
+                                  tol=config["tol"])
+    return LinearSVC(C=config["C"], class_weight=config["class_weight"], max_iter=config["max_iter"], tol=config["tol"],
+                     random_state=config["seed"])
+
+
+def class_scores(classifier, x, classes: int) -> np.ndarray:
+    """Decision scores [rows, classes] in class-index order; a class the classifier never saw scores below all others."""
+    scores = classifier.decision_function(x)
+    if scores.ndim == 1:  # binary: one score, the second class against the first
+        scores = np.stack([-scores, scores], axis=1) / 2
+    full = np.full((x.shape[0], classes), scores.min() - 1.0, dtype=np.float64)
+    full[:, classifier.classes_] = scores
+    return full
+
+
+def out_of_fold_scores(x, labels: np.ndarray, classes: int, config: dict, folds: int) -> np.ndarray:
+    """Each training row's decision scores from a classifier fitted without it (stratified folds, config's seed;
+    a class rarer than `folds` is missing from some folds' fits and scores lowest on their held-out rows)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    scores = np.zeros((len(labels), classes))
+    if len(labels) < folds:
+        raise ValueError(f"tfidf expert: {folds} inner folds need at least {folds} training rows, got {len(labels)}")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config["seed"])
+    for train_rows, held_out in splitter.split(np.zeros(len(labels)), labels):
+        classifier = make_classifier(config).fit(x[train_rows], labels[train_rows])
+        scores[held_out] = class_scores(classifier, x[held_out], classes)
+    return scores
+
+
+def settings_of(grid: dict, config: dict):
+    """Every combination of the grid's values, the other tuned keys at the configured values."""
+    keys = [k for k in TUNED_KEYS if k in grid]
+    for values in product(*(grid[k] for k in keys)):
+        yield {**{k: config[k] for k in TUNED_KEYS}, **dict(zip(keys, values))}
+
+
+def search(features, labels: np.ndarray, classes: int, config: dict):
+    """The grid setting with the best inner cross-validated macro-F1 (ties: the first in grid order).
+    Returns (best setting, its out-of-fold scores, one record per setting)."""
+    results, best, best_scores = [], None, None
+    for setting in settings_of(config["tune_grid"], config):
+        scores = out_of_fold_scores(features(setting), labels, classes, {**config, **setting}, config["tune_folds"])
+        score = macro_f1(labels, scores.argmax(axis=1))
+        results.append({**setting, "cv_macro_f1": score})
+        tqdm.write(f"tfidf search: {setting} cv macro-F1 {score:.4f}")
+        if best is None or score > best[1]:
+            best, best_scores = (setting, score), scores
+    return best[0], best_scores, results
+
+
+def log_loss(scores: np.ndarray, labels: np.ndarray) -> float:
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+    """The factor 1/T minimising the log-loss of softmax(scores / T) on out-of-fold scores; with the
+    log-losses at factor 1 and at the fitted factor. Folded into the coefficients, it changes no argmax."""
+    from scipy.optimize import minimize_scalar
+
+    found = minimize_scalar(lambda u: log_loss(scores * np.exp(u), labels), bounds=(-5.0, 8.0), method="bounded")
+    scale = float(np.exp(found.x))
+    return scale, log_loss(scores, labels), log_loss(scores * scale, labels)
 
 
 class TfidfExpert(Expert):
@@ -161,9 +283,9 @@ class TfidfExpert(Expert):
     # --- fitting ----------------------------------------------------------------------------------
 
     def fit(self, train_dataset, eval_dataset=None) -> None:
-        """Vocabularies, idf and the logistic regression from the training rows (eval_dataset is not used)."""
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
+        """Vocabularies, idf, the tuned settings (with `tune`), the classifier and its temperature from the
+        training rows (eval_dataset is not used)."""
+        from sklearn.preprocessing import normalize
 
         pairs = documents(train_dataset["title"], train_dataset["description"], self.config)
         labels = np.asarray(train_dataset["label"])
@@ -171,28 +293,61 @@ class TfidfExpert(Expert):
             row = int(np.flatnonzero(labels < 0)[0])
             raise ValueError(f"the tfidf expert needs a label on every training row; row {row} "
                              f"(id {train_dataset[row]['id']!r}) has none")
-        config, blocks = self.config, []
-        self.vocabularies, self.idf = {}, {}
-        with tqdm(total=len(BLOCKS) + 1, desc="tfidf fit", leave=False) as bar:
+        config = self.config
+        grid = config["tune_grid"] if config["tune"] else {}
+        widest = {block: [config[f"{block}_ngrams"][0], max(r[1] for r in [config[f"{block}_ngrams"], *grid.get(f"{block}_ngrams", [])])]
+                  for block in BLOCKS}
+        with tqdm(total=len(BLOCKS) + 2, desc="tfidf fit", leave=False) as bar:
+            self.vocabularies, self.idf, counts = {}, {}, {}
             for block in BLOCKS:
                 bar.set_postfix_str(f"{block} n-grams of {len(pairs):,} rows")
-                vectorizer = TfidfVectorizer(analyzer=partial(analyse, block=block, config=config),
-                                             min_df=config["min_df"], max_df=config["max_df"],
-                                             max_features=config["max_features"], sublinear_tf=True, dtype=np.float32)
-                try:
-                    blocks.append(vectorizer.fit_transform(pairs))
-                except ValueError as error:  # e.g. min_df above every term's frequency
-                    raise ValueError(f"tfidf expert, {block} n-grams: {error}") from None
-                self.vocabularies[block] = {term: int(j) for term, j in vectorizer.vocabulary_.items()}
-                self.idf[block] = vectorizer.idf_.astype(np.float64)
+                counts[block] = self._fit_block(pairs, block, {**config, f"{block}_ngrams": widest[block]})
                 bar.update(1)
-            features = sp.hstack(blocks, format="csr")
-            bar.set_postfix_str(f"logistic regression, {features.shape[0]:,} rows x {features.shape[1]:,} features")
-            classifier = LogisticRegression(C=config["C"], class_weight=config["class_weight"],
-                                            max_iter=config["max_iter"], tol=config["tol"])
-            classifier.fit(features, labels)
+            lengths = {block: ngram_lengths(self.vocabularies[block], block) for block in BLOCKS}
+
+            def features(setting: dict) -> sp.csr_matrix:
+                return sp.hstack([normalize(counts[b][:, lengths[b] <= setting[f"{b}_ngrams"][1]]) for b in BLOCKS],
+                                 format="csr")
+
+            scores = None
+            if grid:
+                bar.set_postfix_str(f"search over {len(list(settings_of(grid, config)))} settings")
+                best, scores, results = search(features, labels, len(self.class_names), config)
+                config.update(best)
+                self.metadata["tuning"] = {"folds": config["tune_folds"], "chosen": best, "settings": results}
             bar.update(1)
-        self.coef, self.intercept = self._class_rows(classifier)
+            x = features(config)
+            for block in BLOCKS:  # keep the chosen ranges' terms (the same indices order, renumbered)
+                keep = lengths[block] <= config[f"{block}_ngrams"][1]
+                terms = sorted(self.vocabularies[block], key=self.vocabularies[block].get)
+                self.vocabularies[block] = {t: j for j, t in enumerate(t for t, k in zip(terms, keep) if k)}
+                self.idf[block] = self.idf[block][keep]
+            bar.set_postfix_str(f"{config['classifier']}, {x.shape[0]:,} rows x {x.shape[1]:,} features")
+            if config["calibration"] == "temperature" and scores is None:
+                scores = out_of_fold_scores(x, labels, len(self.class_names), config, config["calibration_folds"])
+            self.coef, self.intercept = self._class_rows(make_classifier(config).fit(x, labels))
+            if scores is not None and config["calibration"] == "temperature":
+                scale, before, after = fit_temperature(scores, labels)
+                self.coef *= scale
+                self.intercept *= scale
+                self.metadata["calibration"] = {"temperature": 1.0 / scale, "oof_log_loss_uncalibrated": before,
+                                                "oof_log_loss": after}
+            bar.update(1)
+
+    def _fit_block(self, pairs, block: str, config: dict) -> sp.csr_matrix:
+        """Fit one block's vocabulary and idf; return its sublinear tf x idf rows, not yet normalised."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vectorizer = TfidfVectorizer(analyzer=partial(analyse, block=block, config=config), min_df=config["min_df"],
+                                     max_df=config["max_df"], max_features=config["max_features"], sublinear_tf=True,
+                                     norm=None, dtype=np.float32)
+        try:
+            matrix = vectorizer.fit_transform(pairs)
+        except ValueError as error:  # e.g. min_df above every term's frequency
+            raise ValueError(f"tfidf expert, {block} n-grams: {error}") from None
+        self.vocabularies[block] = {term: int(j) for term, j in vectorizer.vocabulary_.items()}
+        self.idf[block] = vectorizer.idf_.astype(np.float64)
+        return matrix.tocsr()
 
     def _class_rows(self, classifier) -> tuple[np.ndarray, np.ndarray]:
         """Coefficients and intercepts with one row per class of `class_names` (classes absent from the

@@ -43,6 +43,8 @@ TRAINING_DEFAULTS = {
     "group_by_length": False,  # text: batches of similar lengths (less padding)
     "channels_last": False,  # image: channels-last memory format (faster convolutions on recent GPUs)
     "fused_optimizer": True,  # AdamW/SGD as one fused kernel (optimizer step on CPU: AdamW 4.5x, SGD 3.7x faster)
+    "frozen_backbone": False,  # true: the pretrained backbone's features computed once, only the head trains (CPU-friendly)
+    "max_steps": 0,  # stop after this many optimizer steps in all (a short check); 0: the epochs decide
 }
 
 SCHEMA = {
@@ -165,6 +167,7 @@ def validate(config: dict) -> None:
          "training.scheduler must be linear, cosine, constant or step"),
         (training["lr"] > 0, "training.lr must be > 0"),
         (training["checkpoint_steps"] >= 0, "training.checkpoint_steps must be >= 0 (0: at epoch ends only)"),
+        (training["max_steps"] >= 0, "training.max_steps must be >= 0 (0: the epochs decide)"),
         (isinstance(config["predict_splits"], list), "predict_splits must be a list of split names"),
     ]
     for ok, message in checks:

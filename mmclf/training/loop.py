@@ -19,13 +19,24 @@ the unfinished epoch, best score, history): inside an epoch it skips the batches
 (Accelerate's `skip_first_batches`) and reaches the same weights as an uninterrupted run. Random data
 augmentation is seeded per row from (seed, epoch, row), so it is the same on any number of processes or
 workers and after a resume.
+
+Checkpoints load only when signed: `save_state` writes the optimizer, scheduler, RNG and loop states with
+torch.save (pickles, and Accelerate loads the loop state with weights_only=False), so a crafted file in a run
+folder could run code on `--resume`. Every checkpoint gets an HMAC of all its files under a secret kept outside
+the run folder (`checkpoint_key`), checked before `load_state`: only checkpoints written by mmclf with the same
+key load. A digest rather than our own safe format keeps Accelerate's `save_state`/`load_state`, FSDP and
+DeepSpeed states included, as they are.
 """
 
 from __future__ import annotations
 
+import hmac
 import importlib.util
+import json
 import math
+import os
 import random
+import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +51,11 @@ from transformers import get_scheduler
 
 from mmclf.experts.base import decay_groups
 from mmclf.progress import progress_bar
+from mmclf.rundir import file_digest
 from mmclf.scoring import macro_f1
 
 BEST, LAST = "best", "last"
+CHECKPOINT_SIGNATURE = "mmclf_signature.json"
 
 
 @dataclass
@@ -189,6 +202,8 @@ def build_optimizer(groups: list[dict], training: dict) -> torch.optim.Optimizer
 
 def build_scheduler(optimizer, training: dict, steps_per_epoch: int):
     total = steps_per_epoch * training["epochs"]
+    if training.get("max_steps"):
+        total = min(total, training["max_steps"])
     if training["scheduler"] == "step":
         every, gamma = training["step_epochs"], training["step_gamma"]
         return torch.optim.lr_scheduler.LambdaLR(
@@ -239,6 +254,7 @@ def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path,
     if hasattr(sampler, "state_dict"):
         accelerator.register_for_checkpointing(sampler)
     if resume and (checkpoints / LAST).is_dir():
+        verify_checkpoint(checkpoints / LAST)
         accelerator.load_state(str(checkpoints / LAST))
         inside = f", batch {state.batches_in_epoch} of epoch {state.epoch + 1}" if state.batches_in_epoch else ""
         accelerator.print(f"resumed from {checkpoints / LAST} after epoch {state.epoch}{inside}")
@@ -249,8 +265,11 @@ def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path,
     patience = training.get("early_stopping_patience") or 0
     checkpoint_steps = training.get("checkpoint_steps") or 0
     accumulation = training["gradient_accumulation_steps"]
+    max_steps = training.get("max_steps") or 0
     for epoch in range(state.epoch, training["epochs"]):
         if patience and state.epochs_without_improvement >= patience:
+            break
+        if max_steps and epoch * steps_per_epoch >= max_steps:
             break
         model.train()
         train_loader.set_epoch(epoch)
@@ -278,6 +297,8 @@ def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path,
                 state.batches_in_epoch = batches
                 state.epoch_loss_sum = accelerator.reduce(total_loss, "mean").item()
                 save_checkpoint(accelerator, checkpoints / LAST)
+            if max_steps and accelerator.sync_gradients and steps >= max_steps:
+                break  # evaluated and checkpointed like the end of an epoch; no epoch follows
         state.batches_in_epoch, state.epoch_loss_sum = 0, 0.0
 
         logits, labels = predict(accelerator, model, eval_loader, logits_fn, desc="evaluate")
@@ -302,6 +323,7 @@ def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path,
 
     if (checkpoints / BEST).is_dir():
         final = state.state_dict()
+        verify_checkpoint(checkpoints / BEST)
         accelerator.load_state(str(checkpoints / BEST))  # best weights; the loop state keeps the final history
         state.load_state_dict(final)
     for tracker in accelerator.trackers:  # not end_training(): it would destroy the process group, still needed
@@ -310,12 +332,67 @@ def train(model, train_loader, eval_loader, training: dict, run_dir: str | Path,
 
 
 def save_checkpoint(accelerator: Accelerator, directory: Path) -> None:
-    """save_state into `directory`, replacing an older checkpoint there only once the new one is complete."""
+    """save_state into `directory`, signed (`checkpoint_signature`), replacing an older checkpoint there only once
+    the new one is complete."""
     partial = directory.with_name(directory.name + ".partial")
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        (partial / CHECKPOINT_SIGNATURE).write_text(json.dumps({"hmac-sha256": checkpoint_signature(partial)}))
         if directory.exists():
             shutil.rmtree(directory)
         partial.rename(directory)
     accelerator.wait_for_everyone()
+
+
+def checkpoint_key_file() -> Path:
+    """MMCLF_CHECKPOINT_KEY (a file path), else ~/.cache/mmclf/checkpoint.key (XDG_CACHE_HOME honoured)."""
+    if os.environ.get("MMCLF_CHECKPOINT_KEY"):
+        return Path(os.environ["MMCLF_CHECKPOINT_KEY"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "mmclf" / "checkpoint.key"
+
+
+def checkpoint_key() -> bytes:
+    """The secret that signs checkpoints, made (readable by its owner only) on first use. Processes of one run on
+    several machines need the same key: point MMCLF_CHECKPOINT_KEY at one shared file."""
+    path = checkpoint_key_file()
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_name(f".{path.name}.{os.getpid()}")
+        handle = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(handle, secrets.token_hex(32).encode())
+        os.close(handle)
+        try:
+            os.link(staged, path)  # atomic: of processes making it at once, one key wins
+        except FileExistsError:
+            pass
+        finally:
+            staged.unlink()
+    key = path.read_bytes().strip()
+    if len(key) < 32:
+        raise ValueError(f"checkpoint key {path} is too short ({len(key)} bytes): remove it to make a new one")
+    return key
+
+
+def checkpoint_signature(directory: Path) -> str:
+    """HMAC-SHA256 under `checkpoint_key` of every file's relative path and content digest."""
+    directory = Path(directory)
+    mac = hmac.new(checkpoint_key(), digestmod="sha256")
+    for file in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKPOINT_SIGNATURE):
+        mac.update(f"{file.relative_to(directory).as_posix()}\0{file_digest(file)}\n".encode())
+    return mac.hexdigest()
+
+
+def verify_checkpoint(directory: Path) -> None:
+    """Refuse a checkpoint that this key did not sign, before any of its files is unpickled."""
+    try:
+        signed = json.loads((Path(directory) / CHECKPOINT_SIGNATURE).read_text())["hmac-sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        signed = None
+    if not isinstance(signed, str) or not hmac.compare_digest(signed, checkpoint_signature(directory)):
+        raise ValueError(
+            f"{directory}: checkpoint not signed by this machine's mmclf key ({checkpoint_key_file()}), or changed "
+            f"since: its {CHECKPOINT_SIGNATURE} is missing or does not match. Its optimizer, RNG and loop states are "
+            "pickles, which can run code, so it is not loaded; start the run again in a new output folder (or, for "
+            "a run of yours from another machine, set MMCLF_CHECKPOINT_KEY to that machine's key file)")

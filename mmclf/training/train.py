@@ -64,6 +64,7 @@ def train_expert(config: dict) -> Path:
     run = RunFolder(config["output_dir"], RESUME_FREE_KEYS)
     run.open(config, resume=config["resume"])
     run_dir = run.path
+    check_dataset_fingerprint(run, dataset_fingerprint(dataset_dict), config["dataset"])
 
     metrics = {}
     if int(config["folds"]) > 1:
@@ -90,7 +91,37 @@ def train_expert(config: dict) -> Path:
                                           "rows": metrics["validation_rows"]}
             expert.write_info(run_dir / "model")
     accelerator.print(f"best validation macro-F1 {state.best_score:.4f} (epoch {state.best_epoch}); run in {run_dir}")
+    run.close()
     return run_dir
+
+
+DATASET_FINGERPRINT_FILE = "dataset_fingerprint.json"
+
+
+def dataset_fingerprint(dataset_dict) -> str:
+    """sha256 over every split's name, row count and `datasets` fingerprint (a hash of its content and the
+    transforms that made it): cheap, and it changes when the rows do."""
+    import hashlib
+    import json
+
+    parts = {split: [len(ds), ds._fingerprint] for split, ds in sorted(dataset_dict.items())}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def check_dataset_fingerprint(run: RunFolder, fingerprint: str, dataset) -> None:
+    """Save the dataset's fingerprint beside config.yaml; a resumed run must train on the same rows (`dataset` is a
+    resume-free key: the folder may move, its content may not)."""
+    import json
+
+    path = run / DATASET_FINGERPRINT_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text()).get("fingerprint")
+        if saved != fingerprint:
+            raise ValueError(f"cannot resume {run.path}: dataset {dataset} is not the dataset the run was trained on "
+                             f"(fingerprint {fingerprint[:12]}, the run's {path.name}: {str(saved)[:12]}); train on "
+                             "the original dataset or into another output folder")
+        return
+    run.write_json(DATASET_FINGERPRINT_FILE, {"fingerprint": fingerprint, "dataset": str(dataset)})
 
 
 # --- prediction ---------------------------------------------------------------------------------------------
