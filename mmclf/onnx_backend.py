@@ -21,7 +21,7 @@ import numpy as np
 from mmclf.experts import EXPERT_FILE, read_expert_info
 from mmclf.fusion.ensemble import majority_vote
 from mmclf.hub import Artifact
-from mmclf.probability_tables import TableMismatchError
+from mmclf.probability_tables import check_expert_classes
 
 BACKEND = "onnx"
 MODEL_FILE = "model.onnx"
@@ -164,13 +164,7 @@ class OnnxFusion(Artifact):
         return copy_folder(self.folder, directory)
 
     def check_experts(self, names_and_classes: dict[str, list[str]], where: str) -> None:
-        missing = [name for name in self.expert_names if name not in names_and_classes]
-        if missing:
-            raise TableMismatchError(f"{where}: the fusion was trained on experts {self.expert_names}; "
-                                     f"missing {missing} (given: {sorted(names_and_classes)})")
-        for name in self.expert_names:
-            if list(names_and_classes[name]) != self.class_names:
-                raise TableMismatchError(f"{where}: class order of expert {name!r} differs from the fusion's")
+        check_expert_classes(self.expert_names, self.class_names, names_and_classes, where)
 
     def fold_probs(self, probs_by_name: dict[str, np.ndarray]) -> np.ndarray:
         """Softmax of every fold head: [folds, rows, classes]."""

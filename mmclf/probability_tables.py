@@ -174,3 +174,16 @@ def align_tables(tables: list[ProbabilityTable]) -> list[ProbabilityTable]:
             )
         aligned.append(reordered)
     return aligned
+
+
+def check_expert_classes(expert_names: list[str], class_names: list[str], names_and_classes: dict[str, list[str]],
+                         where: str) -> None:
+    """Raise unless every expert a fusion needs is among `names_and_classes`, with the fusion's class order."""
+    missing = [name for name in expert_names if name not in names_and_classes]
+    if missing:
+        raise TableMismatchError(f"{where}: the fusion was trained on experts {expert_names}; "
+                                 f"missing {missing} (given: {sorted(names_and_classes)})")
+    for name in expert_names:
+        if list(names_and_classes[name]) != list(class_names):
+            raise TableMismatchError(f"{where}: class order of expert {name!r} differs from the fusion's: "
+                                     f"{list(names_and_classes[name])[:5]}... vs {list(class_names)[:5]}...")

@@ -50,7 +50,7 @@ from mmclf.evaluation import macro_f1, scores
 from mmclf.fusion.ensemble import majority_vote
 from mmclf.fusion.trainer import train_heads
 from mmclf.hub import Artifact, from_pretrained_quietly, write_model_card
-from mmclf.probability_tables import ProbabilityTable, TableMismatchError, align_tables
+from mmclf.probability_tables import ProbabilityTable, TableMismatchError, align_tables, check_expert_classes
 from mmclf.progress import progress_bar
 from mmclf.rundir import staged_file, write_json
 
@@ -168,14 +168,7 @@ class FusionModel(Artifact):
 
     def check_experts(self, names_and_classes: dict[str, list[str]], where: str) -> None:
         """Raise unless every expert this fusion needs is among `names_and_classes`, with the same class order."""
-        missing = [name for name in self.expert_names if name not in names_and_classes]
-        if missing:
-            raise TableMismatchError(f"{where}: the fusion was trained on experts {self.expert_names}; "
-                                     f"missing {missing} (given: {sorted(names_and_classes)})")
-        for name in self.expert_names:
-            if list(names_and_classes[name]) != self.class_names:
-                raise TableMismatchError(f"{where}: class order of expert {name!r} differs from the fusion's: "
-                                         f"{list(names_and_classes[name])[:5]}... vs {self.class_names[:5]}...")
+        check_expert_classes(self.expert_names, self.class_names, names_and_classes, where)
 
     def fold_probs(self, probs_by_name: dict[str, np.ndarray]) -> np.ndarray:
         """Softmax of every fold head over rows whose expert probabilities are given by name: [folds, rows, classes]."""
