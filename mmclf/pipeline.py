@@ -36,7 +36,7 @@ from mmclf.fusion.decision import FUSION_FILE, FusionModel
 from mmclf.fusion.ensemble import majority_vote
 from mmclf.hub import Artifact, inside, write_model_card
 from mmclf.inference import expert_probabilities
-from mmclf.rundir import staged_file, staged_folder
+from mmclf.rundir import staged_folder
 
 PIPELINE_FILE = "pipeline.json"
 PIPELINE_FORMAT = "mmclf-pipeline"
@@ -212,14 +212,6 @@ def read_pipeline_spec(root: Path) -> dict:
     for i, folder in enumerate(spec["fusions"]):
         inside(root, folder, f"{path}: fusions[{i}]")
     return spec
-
-
-def write_submission(path, ids, codes) -> Path:
-    """The challenge's format: the sample id as an unnamed index column, then prdtypecode (written whole)."""
-    path = Path(path)
-    with staged_file(path) as staged:
-        pd.DataFrame({"prdtypecode": list(codes)}, index=pd.Index(ids, name="")).to_csv(staged)
-    return path
 
 
 def assemble_pipeline(experts: dict, fusions: list, output_dir, *, evaluation=None,
