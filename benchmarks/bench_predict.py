@@ -20,7 +20,6 @@ import argparse
 import base64
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmclf import MultimodalPipeline
+from mmclf.testing import running_server
 
 
 def best_time(function, repeats: int) -> float:
@@ -43,35 +43,13 @@ def best_time(function, repeats: int) -> float:
         times.append(time.perf_counter() - start)
     return min(times)
 
-
 def command_time(pythonpath: str, args: list[str], repeats: int) -> float:
     env = {**os.environ, "PYTHONPATH": pythonpath, "HF_HUB_OFFLINE": "1"}
     return best_time(lambda: subprocess.run([sys.executable, "-m", "mmclf", *args], env=env, check=True,
                                             capture_output=True), repeats)
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def serve_load(pipeline: str, listings: list[dict], clients: int, rows_per_request: int, seconds: float) -> dict:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mmclf", "serve", "--pipeline", pipeline, "--port", str(port)],
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).read()
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("the server did not start") from None
-                time.sleep(0.2)
+    with running_server(pipeline) as url:
         bodies = [json.dumps(listings[i:i + rows_per_request]).encode()
                   for i in range(0, len(listings) - rows_per_request + 1, rows_per_request)]
 
@@ -91,14 +69,10 @@ def serve_load(pipeline: str, listings: list[dict], clients: int, rows_per_reque
         with ThreadPoolExecutor(clients) as pool:
             latencies = [x for result in pool.map(client, range(clients)) for x in result]
         elapsed = time.perf_counter() - start
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     latencies.sort()
     return {"requests": len(latencies), "rows_per_s": len(latencies) * rows_per_request / elapsed,
             "p50_ms": 1000 * statistics.median(latencies),
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,7 +123,6 @@ def main() -> None:
         result = serve_load(args.pipeline, listings, args.clients, size, args.seconds)
         print(f"| {size} | {result['requests']} | {result['rows_per_s']:,.0f} | {result['p50_ms']:.0f} | "
               f"{result['p99_ms']:.0f} |")
-
 
 if __name__ == "__main__":
     main()

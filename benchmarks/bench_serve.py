@@ -19,7 +19,6 @@ import argparse
 import base64
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,14 +30,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmclf.testing import running_server
+
 LOADS = [(1, 1), (8, 1), (32, 1), (4, 64)]  # (clients, rows per request)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def listings_of(frame: pd.DataFrame, images: Path, rows: int) -> list[dict]:
     listings = []
@@ -50,7 +44,6 @@ def listings_of(frame: pd.DataFrame, images: Path, rows: int) -> list[dict]:
             item["image"] = base64.b64encode(path.read_bytes()).decode()
         listings.append(item)
     return listings
-
 
 def load(url: str, listings: list[dict], clients: int, rows: int, seconds: float) -> dict:
     bodies = [json.dumps(listings[i:i + rows]).encode() for i in range(0, len(listings) - rows + 1, rows)]
@@ -73,36 +66,17 @@ def load(url: str, listings: list[dict], clients: int, rows: int, seconds: float
     return {"rows_per_s": len(latencies) * rows / elapsed, "p50_ms": 1000 * statistics.median(latencies),
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
 
-
 def serve(pipeline: str, options: list[str], listings: list[dict], seconds: float) -> dict:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mmclf", "serve", "--pipeline", pipeline, "--port", str(port),
-                               *options], env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).read()
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("the server did not start") from None
-                time.sleep(0.2)
+    with running_server(pipeline, options) as url:
         load(url, listings, 4, 16, 1.0)  # warm-up
         results = {(clients, rows): load(url, listings, clients, rows, seconds) for clients, rows in LOADS}
         metrics = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
     batches = [line for line in metrics.splitlines() if line.startswith(("mmclf_batch_rows_sum", "mmclf_batch_rows_count",
                                                                            "mmclf_batch_seconds_sum"))]
     values = {line.split()[0]: float(line.split()[1]) for line in batches}
     results["mean batch rows"] = values["mmclf_batch_rows_sum"] / max(values["mmclf_batch_rows_count"], 1)
     results["mean batch ms"] = 1000 * values["mmclf_batch_seconds_sum"] / max(values["mmclf_batch_rows_count"], 1)
     return results
-
 
 def startup(pipeline: str, frame: pd.DataFrame, images: str) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -118,7 +92,6 @@ def startup(pipeline: str, frame: pd.DataFrame, images: str) -> dict:
         return {"predict --help": min(seconds(["predict", "--help"]) for _ in range(3)),
                 "predict 1 row": min(seconds(["predict", "--pipeline", pipeline, "--input", str(one), "--images",
                                               images, "--out", str(Path(tmp) / "p.csv")]) for _ in range(2))}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,7 +136,6 @@ def main() -> None:
     if not args.skip_startup:
         for what, seconds in startup(args.pipeline, frame, args.images).items():
             print(f"start-up, mmclf {what}: {seconds:.2f} s")
-
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ Image features for checking the demo catalog's signal without a network:
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,37 @@ def colour_histograms(paths, levels: int = 6) -> np.ndarray:
         codes = (quantised[..., 0] * levels + quantised[..., 1]) * levels + quantised[..., 2]
         rows.append(np.sqrt(np.bincount(codes.ravel(), minlength=levels**3) / codes.size))
     return np.array(rows)
+
+
+@contextlib.contextmanager
+def running_server(pipeline, options=(), timeout: float = 120):
+    """`mmclf serve` over `pipeline` on a free 127.0.0.1 port, in a child process; yields its URL once /health
+    answers, and stops it at the end."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mmclf", "serve", "--pipeline", str(pipeline), "--port",
+                               str(port), *options], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).read()
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("the server did not start") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
