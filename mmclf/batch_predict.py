@@ -48,7 +48,9 @@ from mmclf.rundir import process_state, staged_file
 DEFAULT_CHUNK_ROWS = 8192  # a multiple of every usual batch size
 MANIFEST_FILE = "manifest.json"
 COUNTS_KEY = b"mmclf.counts"
-COUNT_NAMES = ("rows", "empty_title", "without_description", "without_image")
+COUNT_NAMES = ("rows", "empty_title", "without_description", "without_image", "unreadable_image")
+UNREADABLE_KEY = b"mmclf.unreadable"
+UNREADABLE_LISTED = 20  # unreadable images named in the result (all are counted)
 OUTPUT_FORMATS = ("auto", "csv", "parquet")
 
 
@@ -59,7 +61,8 @@ class BatchPrediction:
     output: Path
     probabilities: Path  # the probability table: beside a CSV output, the output itself for Parquet
     rows: int
-    counts: dict  # rows, empty_title, without_description, without_image
+    counts: dict  # rows, empty_title, without_description, without_image (unreadable ones included), unreadable_image
+    unreadable: list  # the first UNREADABLE_LISTED rows whose image could not be read: (row, id, why), rows 1-based
     chunks: int
     resumed_chunks: int  # finished chunks of an interrupted run that were kept
     seconds: float
@@ -163,10 +166,11 @@ def estimated_rows(input=None, dataset=None, split: str = "test") -> int:
     return max(lines - (last == b"\n"), 0)
 
 
-def chunk_listings(data, images_dir=None) -> Listings:
+def chunk_listings(data, images_dir=None, strict_images: bool = False, first_row: int = 0) -> Listings:
     """Listings of a canonical frame (or a Dataset): images found by the challenge naming under `images_dir`, one
     file check per row (listing a catalog's image folder for every chunk would cost more than the chunk); an empty
-    image cell is a row without an image."""
+    image cell is a row without an image. An image that cannot be read (or leads out of `images_dir`) is predicted
+    as a missing one and recorded, or is an error with `strict_images`."""
     if isinstance(data, pd.DataFrame) and "image" in data:
         data = data.assign(image=[None if isinstance(v, str) and not v.strip() else v for v in data["image"]])
     elif isinstance(data, pd.DataFrame) and images_dir is not None and {"image_id", "product_id"} <= set(data.columns):
@@ -175,7 +179,10 @@ def chunk_listings(data, images_dir=None) -> Listings:
             raise FileNotFoundError(f"images folder not found: {folder}")
         names = [image_file_name(str(i), str(p)) for i, p in zip(data["image_id"], data["product_id"])]
         data = data.assign(image=[name if (folder / name).is_file() else None for name in names])
-    return to_listings(data, images_dir)
+    listings = to_listings(data, images_dir)
+    listings.on_unreadable_image = "error" if strict_images else "missing"
+    listings.first_row = first_row
+    return listings
 
 
 class IdCheck:
@@ -256,14 +263,19 @@ def prediction_table(result: PipelinePrediction, schema: pa.Schema) -> pa.Table:
                                 schema=schema)
 
 
-def write_chunk(path: Path, result: PipelinePrediction, class_names: list[str], source: str) -> None:
+def write_chunk(path: Path, result: PipelinePrediction, class_names: list[str], source: str,
+                unreadable: list) -> None:
     counts = {name: int(result.counts[name]) for name in COUNT_NAMES}
+    schema = probability_schema(class_names, source, counts)
+    schema = schema.with_metadata({**schema.metadata, UNREADABLE_KEY: json.dumps(unreadable[:UNREADABLE_LISTED]).encode()})
     with staged_file(path) as staged:
-        pq.write_table(prediction_table(result, probability_schema(class_names, source, counts)), staged)
+        pq.write_table(prediction_table(result, schema), staged)
 
 
-def chunk_counts(path: Path) -> dict:
-    return json.loads(pq.read_schema(path).metadata[COUNTS_KEY])
+def chunk_counts(path: Path) -> tuple[dict, list]:
+    """A finished chunk's input counts, and the rows it lists whose image could not be read."""
+    metadata = pq.read_schema(path).metadata
+    return json.loads(metadata[COUNTS_KEY]), json.loads(metadata.get(UNREADABLE_KEY, b"[]"))
 
 
 def merge_chunks(folder: Path, chunks: int, output: Path, output_format: str) -> Path:
@@ -271,7 +283,7 @@ def merge_chunks(folder: Path, chunks: int, output: Path, output_format: str) ->
     written whole; returns the Parquet file."""
     table_path = output if output_format == "parquet" else output.with_suffix(".parquet")
     first = pq.read_schema(chunk_path(folder, 0))
-    schema = first.with_metadata({k: v for k, v in first.metadata.items() if k != COUNTS_KEY})
+    schema = first.with_metadata({k: v for k, v in first.metadata.items() if k not in (COUNTS_KEY, UNREADABLE_KEY)})
     with staged_file(table_path) as staged, pq.ParquetWriter(staged, schema) as writer:
         for index in range(chunks):
             writer.write_table(pq.read_table(chunk_path(folder, index)).replace_schema_metadata(schema.metadata))
@@ -310,14 +322,16 @@ def output_format_of(output: Path, output_format: str) -> str:
 
 
 def predict_file(pipeline, output, *, input=None, dataset=None, split: str = "test", images=None, columns=None,
-                 batch_size: int = 64, device=None, allow_missing_images: bool = False, progress: bool = True,
+                 batch_size: int = 64, device=None, allow_missing_images: bool = False, strict_images: bool = False,
+                 progress: bool = True,
                  chunk_rows: int = DEFAULT_CHUNK_ROWS, resume: bool = False, output_format: str = "auto",
                  revision: str | None = None) -> BatchPrediction:
     """Predictions of every row of a raw file (`input`: CSV/TSV with its `images` folder and `columns` mapping,
     or Parquet) or of a built dataset's `split`, streamed chunk by chunk into `output`: a submission CSV with the
     probability table beside it (.parquet), or (`output_format` parquet, or a .parquet name) one Parquet file
     with ids, codes, votes and probabilities. `pipeline`: a MultimodalPipeline, a folder or an `owner/name` Hub
-    id (at `revision`). `resume`: keep the finished chunks of an interrupted run of the same command."""
+    id (at `revision`). `resume`: keep the finished chunks of an interrupted run of the same command. An image
+    that cannot be read is predicted as a missing one, counted and listed (`strict_images`: an error instead)."""
     if (input is None) == (dataset is None):
         raise ValueError("give either an input file or a dataset to predict")
     started = time.perf_counter()
@@ -338,7 +352,7 @@ def predict_file(pipeline, output, *, input=None, dataset=None, split: str = "te
     manifest = {"input": str(Path(source_path).resolve()), "input_files": describe(source_path),
                 "pipeline": source, "pipeline_files": pipeline_files, "split": split if dataset is not None else None,
                 "columns": columns, "images": str(images) if images is not None else None, "chunk_rows": chunk_rows,
-                "batch_size": batch_size, "format": output_format}
+                "batch_size": batch_size, "format": output_format, "strict_images": strict_images}
     folder = chunks_folder(output)
     if state.is_main_process:
         open_chunks_folder(folder, manifest, resume)
@@ -352,7 +366,7 @@ def predict_file(pipeline, output, *, input=None, dataset=None, split: str = "te
     try:
         for chunk in input_chunks(input, dataset, split, columns, chunk_rows):
             chunks += 1
-            listings = chunk_listings(chunk.data, images)
+            listings = chunk_listings(chunk.data, images, strict_images, chunk.first_row)
             ids.add(listings.ids, chunk.first_row)
             path = chunk_path(folder, chunk.index)
             if chunk.index % state.num_processes != state.process_index:
@@ -366,7 +380,8 @@ def predict_file(pipeline, output, *, input=None, dataset=None, split: str = "te
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the missing-image warning is handled by check_images
                 result = loaded.predict_details(listings, batch_size)
-            write_chunk(path, result, loaded.class_names, source)
+            unreadable = [(chunk.first_row + row + 1, listings.ids[row], why) for row, why in sorted(listings.unreadable.items())]
+            write_chunk(path, result, loaded.class_names, source, unreadable)
             bar.update(len(chunk))
         if chunks == 0:
             raise ValueError(f"{input or dataset} has no rows to predict")
@@ -378,17 +393,20 @@ def predict_file(pipeline, output, *, input=None, dataset=None, split: str = "te
     finally:
         bar.close()
     state.wait_for_everyone()  # every chunk is written
-    counts = {name: 0 for name in COUNT_NAMES}
+    counts, unreadable = {name: 0 for name in COUNT_NAMES}, []
     for index in range(chunks):
-        for name, value in chunk_counts(chunk_path(folder, index)).items():
+        chunk_total, chunk_unreadable = chunk_counts(chunk_path(folder, index))
+        for name, value in chunk_total.items():
             counts[name] += value
+        unreadable += chunk_unreadable[:UNREADABLE_LISTED - len(unreadable)]
     state.wait_for_everyone()  # every process has read the counts before the folder goes
     table_path = output if output_format == "parquet" else output.with_suffix(".parquet")
     if state.is_main_process:
         merge_chunks(folder, chunks, output, output_format)
         shutil.rmtree(folder)
     state.wait_for_everyone()
-    return BatchPrediction(output, table_path, counts["rows"], counts, chunks, resumed, time.perf_counter() - started)
+    return BatchPrediction(output, table_path, counts["rows"], counts, [tuple(u) for u in unreadable], chunks, resumed,
+                           time.perf_counter() - started)
 
 
 def check_images(pipeline: MultimodalPipeline, listings: Listings, chunk: Chunk, chunk_rows: int,

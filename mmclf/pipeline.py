@@ -171,6 +171,7 @@ class MultimodalPipeline(Artifact):
                           "and the predictions rest on the text alone", stacklevel=2)
         probs = {name: expert_probabilities(self.experts[name], listings, batch_size, progress)
                  for name in self.used_experts}
+        counts = listings.counts()  # with the images that turned out unreadable
         votes, scores = [], []
         for fusion in self.fusions:
             winners, _, fused = fusion.predict_probs(probs)

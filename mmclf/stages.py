@@ -55,7 +55,8 @@ STAGE_SCHEMAS = {
     "export": {"pipeline": None, "output_dir": None, "format": "onnx", "quantize": None, "dataset": None,
                "split": "test", "parity_rows": 128, "tolerance": None, "min_agreement": None, "seed": 0},
     "predict": {"pipeline": None, "revision": None, "input": None, "dataset": None, "split": "test", "images": None,
-                "columns": None, "batch_size": 64, "device": None, "allow_missing_images": False, "chunk_rows": 8192,
+                "columns": None, "batch_size": 64, "device": None, "allow_missing_images": False, "strict_images": False,
+                "chunk_rows": 8192,
                 "resume": False, "format": "auto", "progress": True, "output": None},
 }
 # keys whose value is a mapping of free names (expert names), not schema sections
@@ -214,7 +215,8 @@ def assemble(config=None, overrides=(), **values):
 def predict(config=None, overrides=(), **values):
     """Predictions of a pipeline (folder or Hub id) for a raw file (CSV, TSV, Parquet) or a dataset split, streamed
     `chunk_rows` rows at a time into `output` (a submission CSV with the probability table beside it, or Parquet);
-    `resume` continues an interrupted run. Returns the BatchPrediction (output, rows, input counts)."""
+    `resume` continues an interrupted run; an unreadable image is predicted as a missing one and counted
+    (`strict_images`: an error). Returns the BatchPrediction (output, rows, input counts, unreadable images)."""
     from mmclf.batch_predict import predict_file
 
     c = stage_config("predict", config, overrides, **values)
@@ -224,7 +226,8 @@ def predict(config=None, overrides=(), **values):
         raise ValueError("the predict stage needs output=FILE")
     return predict_file(c["pipeline"], c["output"], input=c["input"], dataset=c["dataset"], split=c["split"],
                         images=c["images"], columns=c["columns"], batch_size=c["batch_size"], device=c["device"],
-                        allow_missing_images=c["allow_missing_images"], progress=c["progress"],
+                        allow_missing_images=c["allow_missing_images"], strict_images=c["strict_images"],
+                        progress=c["progress"],
                         chunk_rows=c["chunk_rows"], resume=c["resume"], output_format=c["format"],
                         revision=c["revision"])
 

@@ -241,3 +241,39 @@ def test_two_processes_write_the_bytes_of_one_and_a_killed_two_process_run_resum
     for name in ("sub.csv", "sub.parquet"):
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
     shutil.rmtree(tmp_path / "killed")
+
+
+@pytest.mark.filterwarnings("ignore:none of the")
+def test_an_unreadable_image_is_predicted_as_missing_and_counted(pipeline, ens, tmp_path):
+    raw = pd.read_csv(ens, dtype=str, keep_default_na=False)
+    images = tmp_path / "images"
+    shutil.copytree(IMAGES, images)
+    names = [f"image_{i}_product_{p}.jpg" for i, p in zip(raw["imageid"], raw["productid"])]
+    with_image = [row for row, name in enumerate(names) if (images / name).is_file()]
+    broken, escaping = with_image[1], with_image[3]
+    (images / names[broken]).write_bytes(b"not an image at all")
+    outside = tmp_path / "outside.jpg"
+    shutil.copy(images / names[escaping], outside)
+    (images / names[escaping]).unlink()
+    (images / names[escaping]).symlink_to(outside)  # a readable image, but outside the folder it was given
+
+    out = tmp_path / "sub.csv"
+    result = predict_file(pipeline, out, input=ens, images=images, batch_size=2, chunk_rows=4, progress=False)
+    affected = [row for row, name in enumerate(names) if name in (names[broken], names[escaping])]
+    assert len(affected) >= 2 and result.rows == len(raw) and result.counts["unreadable_image"] == len(affected)
+    assert [(row, sample_id) for row, sample_id, _ in result.unreadable] == [(r + 1, raw["Unnamed: 0"].iloc[r]) for r in affected]
+    reasons = {names[row - 1]: why for row, _, why in result.unreadable}
+    assert "cannot identify image file" in reasons[names[broken]] and "leads out of" in reasons[names[escaping]]
+    # those rows get exactly the predictions of rows without an image
+    for row in (broken, escaping):
+        (images / names[row]).unlink()
+    reference = whole_file(pipeline, raw, images=images)
+    assert result.counts["without_image"] == reference.counts["without_image"]
+    assert_same_predictions(out, reference)
+
+    (images / names[broken]).write_bytes(b"not an image at all")
+    broken = min(row for row in affected if names[row] == names[broken])
+    with pytest.raises(ValueError, match=rf"row {broken + 1} \(id '{raw['Unnamed: 0'].iloc[broken]}'\), field 'image'"):
+        predict_file(pipeline, tmp_path / "strict.csv", input=ens, images=images, chunk_rows=4, strict_images=True,
+                     progress=False)
+    assert not (tmp_path / "strict.csv").exists()

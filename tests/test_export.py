@@ -135,7 +135,7 @@ def test_generated_parity_rows_cover_missing_images_descriptions_and_odd_sizes()
 
     rows = generated_rows(SimpleNamespace(experts={}), 12, seed=3)
     counts = rows.counts()
-    assert counts == {"rows": 12, "empty_title": 0, "without_description": 4, "without_image": 3}
+    assert counts == {"rows": 12, "empty_title": 0, "without_description": 4, "without_image": 3, "unreadable_image": 0}
     sizes = {image.size for image in rows.images if image is not None}
     assert len(sizes) == 9 and any(w != h for w, h in sizes)
     assert set(" ".join(rows.titles + rows.descriptions).split()) <= set(FALLBACK_WORDS)  # no text expert here

@@ -41,7 +41,8 @@ def test_pipeline_saved_by_version_0_1_predicts_as_it_did(pipeline, raw, tmp_pat
     assert result.ids == EXPECTED["ids"]
     assert result.codes == EXPECTED["predictions"]
     np.testing.assert_allclose(result.probs, EXPECTED["fused_probs"], atol=1e-6)
-    assert result.counts == {"rows": 12, "empty_title": 0, "without_description": 4, "without_image": 3}
+    assert result.counts == {"rows": 12, "empty_title": 0, "without_description": 4, "without_image": 3,
+                             "unreadable_image": 0}
     # the command line takes the same path
     assert main(["predict", "--pipeline", str(FIXTURE / "pipeline"), "--input", str(FIXTURE / "X_test.csv"),
                  "--images", str(FIXTURE / "images"), "--out", str(tmp_path / "sub.csv")]) == 0
@@ -84,7 +85,8 @@ def test_every_row_gets_a_prediction_in_input_order(pipeline):
             {"title": "", "description": "jeu console manette"}]
     result = pipeline.predict_details(rows)
     assert result.ids == ["0", "1", "2"] and len(result.codes) == 3
-    assert result.counts == {"rows": 3, "empty_title": 2, "without_description": 2, "without_image": 3}
+    assert result.counts == {"rows": 3, "empty_title": 2, "without_description": 2, "without_image": 3,
+                             "unreadable_image": 0}
     assert pipeline.predict(rows[::-1]) == result.codes[::-1]
     assert pipeline.predict(rows, batch_size=1) == result.codes
 

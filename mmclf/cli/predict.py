@@ -26,6 +26,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cpu; each process's own under accelerate launch)")
     parser.add_argument("--allow-missing-images", action="store_true",
                         help="predict even when a pipeline with an image expert gets no image at all")
+    parser.add_argument("--strict-images", action="store_true",
+                        help="stop at the first image that cannot be read (default: predict that row as one without "
+                             "an image, and count and list it)")
 
 
 def run(args) -> int:
@@ -35,12 +38,18 @@ def run(args) -> int:
     result = stages.predict(pipeline=args.pipeline, revision=args.revision, input=args.input, dataset=args.dataset,
                             split=args.split, images=args.images, columns=args.columns, output=args.out,
                             format=args.format, batch_size=args.batch_size, chunk_rows=args.chunk_rows,
-                            resume=args.resume, device=args.device, allow_missing_images=args.allow_missing_images)
+                            resume=args.resume, device=args.device, allow_missing_images=args.allow_missing_images,
+                            strict_images=args.strict_images)
     counts = result.counts
     resumed = f"; {result.resumed_chunks} of {result.chunks} chunks kept from the interrupted run" \
         if result.resumed_chunks else ""
     print_once(f"wrote {result.rows:,} predictions to {args.out} (one per input row); predicted without an image: "
                f"{counts['without_image']:,}, without a description: {counts['without_description']:,}, "
                f"with an empty title: {counts['empty_title']:,}{resumed} ({result.rows / result.seconds:,.0f} rows/s)")
+    if counts["unreadable_image"]:
+        listed = "; ".join(f"row {row} (id {sample_id!r}): {why}" for row, sample_id, why in result.unreadable[:5])
+        shown = f"; the first {len(result.unreadable[:5])}" if counts["unreadable_image"] > 5 else ""
+        print_once(f"{counts['unreadable_image']:,} image(s) could not be read and were predicted as missing "
+                   f"(--strict-images stops instead){shown}: {listed}")
     end_processes()
     return 0

@@ -11,7 +11,9 @@ column they are found in `images_dir` by the challenge naming `image_<imageid>_p
 They are decoded batch by batch, so a large file never sits decoded in memory.
 
 Nothing is dropped: a row with an empty title, no description or no image is kept and counted
-(`Listings.counts()`); an image that is given but cannot be read is an error naming the row and field.
+(`Listings.counts()`); an image that is given but cannot be read (or whose relative path leads out of
+`images_dir`, by `..` or a symlink) is an error naming the row and field, or, with
+`on_unreadable_image="missing"`, is predicted as a missing image and recorded in `Listings.unreadable`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmclf.data.readers import KNOWN_FORMATS, detect_format
@@ -51,6 +53,39 @@ def load_image(value, images_dir: Path | None = None):
     return image
 
 
+
+class ImageTooLarge(ValueError):
+    """An image whose header gives more pixels than allowed."""
+
+
+def open_image(source, max_pixels: int | None = None, min_side: int | None = None):
+    """Decode an image file (a path or a binary file object) with a pixel limit checked from its header before any
+    pixel is decoded. With `min_side`, an image at least twice that large on its shorter side is decoded at reduced
+    scale, its shorter side kept >= `min_side`: JPEG by draft mode (DCT scaling by 1/2, 1/4 or 1/8, the cheap way),
+    other formats by `Image.reduce` (box averaging by a whole factor) after decoding."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is the one that counts
+            image = Image.open(source)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLarge(str(error)) from None
+    pixels = image.width * image.height
+    if max_pixels is not None and pixels > max_pixels:
+        raise ImageTooLarge(f"{image.width}x{image.height} = {pixels:,} pixels is over the limit of {max_pixels:,}")
+    if min_side and image.format == "JPEG":
+        image.draft(image.mode, (min_side, min_side))
+    image.load()
+    factor = min(image.size) // min_side if min_side else 1
+    if factor >= 2:
+        if image.mode not in ("L", "LA", "RGB", "RGBA"):
+            image = image.convert("RGB")  # the experts read RGB; reduce() takes no palette or bilevel image
+        image = image.reduce(factor)
+    return image
+
 @dataclass
 class Listings:
     """Rows to predict: ids, cleaned titles and descriptions, image references (decoded per batch)."""
@@ -60,8 +95,13 @@ class Listings:
     descriptions: list[str]
     images: Sequence  # per row: a PIL image, path, bytes, datasets image dict or None (a list, or a lazy column)
     images_dir: Path | None = None
+    on_unreadable_image: str = "error"  # error | missing: predict the row as one without an image, and record it
+    unreadable: dict[int, str] = field(default_factory=dict)  # row (0-based) -> why its image could not be read
+    first_row: int = 0  # where the rows start in their file (0-based): messages name file rows
 
     def __post_init__(self):
+        if self.on_unreadable_image not in ("error", "missing"):
+            raise ValueError(f"on_unreadable_image must be 'error' or 'missing', got {self.on_unreadable_image!r}")
         if len(set(self.ids)) != len(self.ids):
             seen: dict = {}
             for row, sample_id in enumerate(self.ids):
@@ -73,21 +113,27 @@ class Listings:
         return len(self.ids)
 
     def counts(self) -> dict:
-        """Rows in all, and rows without a title, a description or an image reference."""
+        """Rows in all, rows without a title, a description or an image (no reference, or one that could not be
+        read), and rows whose image could not be read (known once their batch was decoded)."""
         images = self.images[:] if not isinstance(self.images, list) else self.images
         return {"rows": len(self), "empty_title": sum(not t for t in self.titles),
                 "without_description": sum(not d for d in self.descriptions),
-                "without_image": sum(image is None for image in images)}
+                "without_image": sum(image is None for image in images) + len(self.unreadable),
+                "unreadable_image": len(self.unreadable)}
 
     def batch(self, start: int, stop: int) -> dict:
         """Columns id, title, description, image (PIL or None) and has_image of rows start..stop-1."""
         images = []
         for row, value in enumerate(self.images[start:stop], start):
             try:
+                check_inside(value, self.images_dir)
                 images.append(load_image(value, self.images_dir))
             except Exception as error:  # noqa: BLE001 - PIL raises many kinds: each means the image is unusable
-                raise ValueError(f"row {row + 1} (id {self.ids[row]!r}), field 'image': cannot read the image "
-                                 f"({type(error).__name__}: {error})") from None
+                reason = f"cannot read the image ({type(error).__name__}: {error})"
+                if self.on_unreadable_image == "error":
+                    raise ValueError(f"row {self.first_row + row + 1} (id {self.ids[row]!r}), field 'image': {reason}") from None
+                self.unreadable[row] = reason
+                images.append(None)
         return {"id": self.ids[start:stop], "title": self.titles[start:stop],
                 "description": self.descriptions[start:stop], "image": images,
                 "has_image": [image is not None for image in images]}
@@ -95,6 +141,15 @@ class Listings:
     def batches(self, batch_size: int):
         for start in range(0, len(self), batch_size):
             yield self.batch(start, start + batch_size)
+
+
+def check_inside(value, images_dir: Path | None) -> None:
+    """A relative image path must stay inside `images_dir` once `..` and symlinks are resolved."""
+    if images_dir is None or not isinstance(value, (str, Path)) or Path(value).is_absolute():
+        return
+    root = Path(images_dir).resolve()
+    if not (root / value).resolve().is_relative_to(root):
+        raise PermissionError(f"{value} leads out of the images folder {images_dir} (a symlink or ..): refused")
 
 
 def _missing(value) -> bool:
