@@ -1,7 +1,8 @@
-"""The classic text expert (`text-tfidf`): fit time and peak memory as the catalog grows, and its 5-fold
-cross-validated macro-F1 on real listings.
+"""The classic text expert (`text-tfidf`, and `text-tfidf-out-of-core`): fit time and peak memory as the catalog
+grows, and its 5-fold cross-validated macro-F1 on real listings, per mode.
 
     python benchmarks/bench_tfidf.py --sizes 10000 100000 --real ../shared/data/rakuten_sample --workdir /tmp/bench-tfidf
+    python benchmarks/bench_tfidf.py --mode in_memory out_of_core --sizes 1000000 --memory-cap-gib 16
 
 Demo catalogs of each size are generated and built without images (the expert reads text only); each fit
 (on every labelled row: train + validation) runs in a fresh child process, so its peak RSS is its own
@@ -10,7 +11,9 @@ Demo catalogs of each size are generated and built without images (the expert re
 peak RSS, test macro-F1. With --real: the real sample is built and fitted the same way, then repeated
 --real-repeat times (new ids) as a stand-in for the full challenge set's row count and text lengths (a
 lower bound on memory: repeated rows add no new terms), and trained with `mmclf train --config text-tfidf
-folds=5`, whose out-of-fold macro-F1 covers every labelled row.
+folds=5` (`text-tfidf-out-of-core` for --mode out_of_core), whose out-of-fold macro-F1 covers every labelled row.
+Each child's address space is capped (--memory-cap-gib): a fit that needs more is reported "over the cap"
+instead of taking the machine down.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 
 CHILD = """
 import json, resource, sys, time
+cap = int(float(sys.argv[3]) * 2**30)
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 import numpy as np
 from datasets import load_from_disk
 from mmclf.evaluation import macro_f1
@@ -35,7 +40,7 @@ from datasets import concatenate_datasets
 dataset = load_from_disk(sys.argv[1])
 train = concatenate_datasets([dataset["train"], dataset["validation"]])
 test = dataset["test"] if "test" in dataset else dataset["validation"]
-expert = TfidfExpert.build({}, train.features["label"].names)
+expert = TfidfExpert.build({"mode": sys.argv[2]}, train.features["label"].names)
 wall, cpu = time.perf_counter(), time.process_time()
 expert.fit(train)
 fit_wall, fit_cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -52,11 +57,14 @@ print(json.dumps({"rows": len(train), "fit_seconds": fit_wall, "fit_cpu_seconds"
 """
 
 
-def fit_in_child(dataset_dir: Path) -> dict:
-    result = subprocess.run([sys.executable, "-c", CHILD, str(dataset_dir)], capture_output=True, text=True, check=False)
+def fit_in_child(dataset_dir: Path, mode: str, cap_gib: float) -> dict:
+    result = subprocess.run([sys.executable, "-c", CHILD, str(dataset_dir), mode, str(cap_gib)], capture_output=True,
+                            text=True, check=False)
     if result.returncode:
+        if "MemoryError" in result.stderr or "bad_alloc" in result.stderr or result.returncode < 0:
+            return {"over_cap": True, "mode": mode}
         raise RuntimeError(result.stderr[-2000:])
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return {"mode": mode, **json.loads(result.stdout.strip().splitlines()[-1])}
 
 
 def demo_dataset(workdir: Path, rows: int) -> Path:
@@ -100,23 +108,32 @@ def main() -> None:
     parser.add_argument("--real-repeat", type=int, default=32, help="the real sample repeated this many times "
                         "(32: 84,736 rows, about the challenge's 84,916)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds on the real sample")
+    parser.add_argument("--mode", nargs="+", default=["in_memory"], choices=["in_memory", "out_of_core"],
+                        help="the expert's modes to measure (each fit in its own child)")
+    parser.add_argument("--memory-cap-gib", type=float, default=16.0, help="address-space cap of each fit's child")
     parser.add_argument("--workdir", help="where catalogs, datasets and runs go (default: a temporary folder)")
     args = parser.parse_args()
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="mmclf-bench-tfidf-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    results = [("demo catalog", fit_in_child(demo_dataset(workdir, rows))) for rows in args.sizes]
+    datasets = [("demo catalog", rows, demo_dataset(workdir, rows)) for rows in args.sizes]
     if args.real:
         real = real_dataset(workdir, Path(args.real))
-        results.append(("real sample", fit_in_child(real)))
+        datasets.append(("real sample", None, real))
         if args.real_repeat > 1:
-            results.append((f"real sample x {args.real_repeat}", fit_in_child(repeated(real, args.real_repeat))))
+            datasets.append((f"real sample x {args.real_repeat}", None, repeated(real, args.real_repeat)))
+    results = [(name, rows, fit_in_child(path, mode, args.memory_cap_gib)) for name, rows, path in datasets
+               for mode in args.mode]
 
-    print("| data | training rows | fit s (wall) | fit s (CPU) | features | non-zeros / row | predict rows/s "
+    print("| data | mode | training rows | fit s (wall) | fit s (CPU) | features | non-zeros / row | predict rows/s "
           "| peak RSS MiB | test macro-F1 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in results:
-        print(f"| {name} | {r['rows']:,} | {r['fit_seconds']:.1f} | {r['fit_cpu_seconds']:.1f} | {r['features']:,} | "
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rows, r in results:
+        if r.get("over_cap"):
+            print(f"| {name} | {r['mode']} | {rows or '-'} | over the cap ({args.memory_cap_gib:g} GiB) "
+                  "| | | | | | |", flush=True)
+            continue
+        print(f"| {name} | {r['mode']} | {r['rows']:,} | {r['fit_seconds']:.1f} | {r['fit_cpu_seconds']:.1f} | {r['features']:,} | "
               f"{r['nonzeros_per_row']:.0f} | {r['predict_rows_per_second']:,.0f} | {r['peak_mib']:.0f} | "
               + ("-" if r["test_macro_f1"] is None else f"{r['test_macro_f1']:.3f}") + " |", flush=True)
 
@@ -124,18 +141,20 @@ def main() -> None:
         from mmclf.training.config import load_config
         from mmclf.training.train import train_expert
 
-        run_dir = workdir / f"run-real-{args.folds}fold"
-        command = (f"mmclf train --config text-tfidf dataset={real_dataset(workdir, Path(args.real))} "
-                   f"output_dir={run_dir} folds={args.folds}")
-        if not (run_dir / "metrics.json").is_file():
-            start = time.perf_counter()
-            resume = ["resume=true"] if run_dir.exists() else []  # an interrupted run continues
-            train_expert(load_config("text-tfidf", command.split()[4:] + resume))
-            print(f"{command}: {time.perf_counter() - start:.0f} s")
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        folds = [f["best_eval_macro_f1"] for f in metrics["folds"]]
-        print(f"real sample, {args.folds}-fold cross-validated macro-F1 (out of fold, every labelled row): "
-              f"{metrics['oof_macro_f1']:.4f}; per fold " + ", ".join(f"{f:.3f}" for f in folds))
+        for mode in args.mode:
+            recipe = "text-tfidf" if mode == "in_memory" else "text-tfidf-out-of-core"
+            run_dir = workdir / f"run-real-{args.folds}fold" if mode == "in_memory" else workdir / f"run-real-{args.folds}fold-{mode}"
+            command = (f"mmclf train --config {recipe} dataset={real_dataset(workdir, Path(args.real))} "
+                       f"output_dir={run_dir} folds={args.folds}")
+            if not (run_dir / "metrics.json").is_file():
+                start = time.perf_counter()
+                resume = ["resume=true"] if run_dir.exists() else []  # an interrupted run continues
+                train_expert(load_config(recipe, command.split()[4:] + resume))
+                print(f"{command}: {time.perf_counter() - start:.0f} s")
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            folds = [f["best_eval_macro_f1"] for f in metrics["folds"]]
+            print(f"real sample, {mode}, {args.folds}-fold cross-validated macro-F1 (out of fold, every labelled row): "
+                  f"{metrics['oof_macro_f1']:.4f}; per fold " + ", ".join(f"{f:.3f}" for f in folds))
 
 
 if __name__ == "__main__":

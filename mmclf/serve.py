@@ -17,9 +17,11 @@ parts, each request's rows stay together and in order, and every request gets ex
 model forward pays a fixed cost per batch, so 32 one-row requests predicted as one batch cost little more
 than one. `batching=False` predicts each request alone, as it arrives.
 
-Bad requests get a 4xx answer naming the row and field before they reach the queue (413 for a body or a row
-count over the limits, 403 for an image path outside --image-root, 422 for malformed JSON, a wrong type or an
-image that does not decode). With an API key every route but /health answers 401 without
+Bad requests get a 4xx answer naming the row and field before they reach the queue (413 for a body, a row count,
+a text field or an image's pixel count over the limits, 403 for an image path outside --image-root, 422 for
+malformed JSON, a wrong type, a duplicate id, a control character or an image that does not decode). Images are
+decoded with a pixel limit checked from the header, and at reduced scale (JPEG draft mode) when far larger than
+the image experts read, so no request holds large decoded images. With an API key every route but /health answers 401 without
 `Authorization: Bearer <key>` (compared in constant time). A request whose rows wait or run longer than
 `request_timeout_s` gets 504; one arriving while `max_queue_rows` rows already wait gets 503 (Retry-After: 1),
 as does one arriving after shutdown began. On SIGTERM uvicorn stops accepting connections, the requests in flight
@@ -33,6 +35,7 @@ import base64
 import binascii
 import hmac
 import io
+import re
 import threading
 import time
 import warnings
@@ -47,11 +50,10 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmclf.data.listings import Listings
+from mmclf.data.listings import ImageTooLarge, Listings, open_image
 from mmclf.pipeline import MultimodalPipeline
 
 ROUTES = ("/predict", "/health", "/metrics", "/docs", "/openapi.json")
@@ -70,6 +72,11 @@ class Listing(BaseModel):
     image_path: str | None = Field(default=None, description="an image file under the server's --image-root")
 
 
+# control characters (C0, DEL, C1) and lone surrogates; free text keeps tab, line feed and carriage return
+CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 class RequestError(Exception):
     def __init__(self, status: int, row: int, field: str, message: str):
         super().__init__(message)
@@ -80,7 +87,34 @@ class Unavailable(Exception):
     """503: the queue is full or the server is shutting down."""
 
 
-def decode_image(listing: Listing, row: int, image_root: Path | None):
+def check_fields(listing: Listing, row: int, max_text_chars: int) -> None:
+    """413 for a text field over `max_text_chars`, 422 for a control character (any in id and image_path)."""
+    for name in ("id", "title", "description", "image_path"):
+        value = getattr(listing, name)
+        if value is None:
+            continue
+        if len(value) > max_text_chars:
+            raise RequestError(413, row, name, f"{len(value):,} characters is over the limit of {max_text_chars:,}")
+        found = (CONTROL_IN_TEXT if name in ("title", "description") else CONTROL).search(value)
+        if found:
+            raise RequestError(422, row, name, f"control character U+{ord(found.group()):04X} at position "
+                                               f"{found.start()} is not allowed")
+
+
+def image_side(pipeline: MultimodalPipeline) -> int | None:
+    """The largest side the pipeline's image experts resize to (PyTorch or ONNX); None without an image expert."""
+    sides = []
+    for expert in pipeline.experts.values():
+        side = getattr(getattr(expert, "model", None), "resize_size", None)
+        if side is None and isinstance(getattr(expert, "encoding", None), dict):
+            side = expert.encoding.get("resize_size")
+        if isinstance(side, int):
+            sides.append(side)
+    return max(sides, default=None)
+
+
+def decode_image(listing: Listing, row: int, image_root: Path | None, max_pixels: int | None = None,
+                 min_side: int | None = None):
     if listing.image is not None and listing.image_path is not None:
         raise RequestError(422, row, "image", "give either image or image_path, not both")
     if listing.image is not None:
@@ -92,20 +126,24 @@ def decode_image(listing: Listing, row: int, image_root: Path | None):
     elif listing.image_path is not None:
         if image_root is None:
             raise RequestError(403, row, "image_path", "this server reads no image files (started without --image-root)")
-        path = (image_root / listing.image_path).resolve()
-        if not path.is_relative_to(image_root):
-            raise RequestError(403, row, "image_path", "the path is outside the server's image folder")
-        if not path.is_file():
-            raise RequestError(422, row, "image_path", "no such image file")
+        try:
+            path = (image_root / listing.image_path).resolve()
+            if not path.is_relative_to(image_root):
+                raise RequestError(403, row, "image_path", "the path is outside the server's image folder")
+            if not path.is_file():
+                raise RequestError(422, row, "image_path", "no such image file")
+        except OSError as error:  # a name too long, a symlink loop ...
+            raise RequestError(422, row, "image_path", f"not a usable path ({error.strerror})") from None
         source = path
     else:
         return None
+    field_name = "image" if listing.image is not None else "image_path"
     try:
-        image = Image.open(source)
-        image.load()
+        image = open_image(source, max_pixels, min_side)
+    except ImageTooLarge as error:
+        raise RequestError(413, row, field_name, f"the image is too large: {error} (--max-image-pixels)") from None
     except Exception as error:  # noqa: BLE001 - PIL raises many kinds: each means the image is unusable
-        raise RequestError(422, row, "image" if listing.image is not None else "image_path",
-                           f"the image does not decode ({type(error).__name__})") from None
+        raise RequestError(422, row, field_name, f"the image does not decode ({type(error).__name__})") from None
     return image
 
 
@@ -239,10 +277,15 @@ class Batcher:
 def create_app(pipeline: MultimodalPipeline, *, image_root=None, max_rows: int = 256,
                max_request_bytes: int = 32 * 2**20, batch_size: int = 64, batching: bool = True,
                max_batch_rows: int = 64, max_wait_ms: float = 5.0, max_queue_rows: int = 4096,
-               request_timeout_s: float = 30.0, api_key: str | None = None) -> FastAPI:
+               request_timeout_s: float = 30.0, api_key: str | None = None, max_image_pixels: int = 25_000_000,
+               max_text_chars: int = 20_000) -> FastAPI:
     """The app; `batching`, `max_batch_rows`, `max_wait_ms`: dynamic batching across requests; `api_key`: every
-    route but /health needs `Authorization: Bearer <api_key>`."""
+    route but /health needs `Authorization: Bearer <api_key>`; `max_image_pixels` (width x height, from the image's
+    header) and `max_text_chars` (per field): 413 beyond."""
+    if max_image_pixels < 1 or max_text_chars < 1:
+        raise ValueError("max_image_pixels and max_text_chars must be at least 1")
     root = Path(image_root).resolve() if image_root is not None else None
+    min_side = image_side(pipeline)
     metrics = Metrics()
     batcher = Batcher(pipeline, batching=batching, max_batch_rows=max_batch_rows, max_wait_s=max_wait_ms / 1000,
                       max_queue_rows=max_queue_rows, batch_size=batch_size, metrics=metrics)
@@ -322,9 +365,18 @@ def create_app(pipeline: MultimodalPipeline, *, image_root=None, max_rows: int =
         if len(listings) > max_rows:
             raise RequestError(413, max_rows, "body", f"{len(listings)} listings is over the limit of {max_rows} "
                                                       "per request")
-        return Listings(ids=[item.id if item.id is not None else str(i) for i, item in enumerate(listings)],
-                        titles=[item.title for item in listings], descriptions=[item.description for item in listings],
-                        images=[decode_image(item, i, root) for i, item in enumerate(listings)])
+        ids, first_row = [], {}
+        for row, item in enumerate(listings):
+            check_fields(item, row, max_text_chars)
+            sample_id = item.id if item.id is not None else str(row)  # a row without an id is named by its position
+            if sample_id in first_row:
+                raise RequestError(422, row, "id", f"duplicate id {sample_id!r} (also in row {first_row[sample_id]})")
+            first_row[sample_id] = row
+            ids.append(sample_id)
+        return Listings(ids=ids, titles=[item.title for item in listings],
+                        descriptions=[item.description for item in listings],
+                        images=[decode_image(item, i, root, max_image_pixels, min_side)
+                                for i, item in enumerate(listings)])
 
     @app.post("/predict")
     async def predict(request: Request, listings: list[Listing],

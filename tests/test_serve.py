@@ -98,7 +98,7 @@ def test_predictions_match_the_pipeline_for_concurrent_clients(server):
     for sample_id, row in zip(EXPECTED["ids"], EXPECTED["fused_probs"]):
         for code, value in zip(EXPECTED["class_names"], row):
             assert probs[sample_id][code] == pytest.approx(value, abs=1e-5)
-    assert body["counts"] == {"rows": 12, "empty_title": 0, "without_description": 4, "without_image": 3}
+    assert body["counts"].items() >= {"rows": 12, "empty_title": 0, "without_description": 4, "without_image": 3}.items()
 
 
 def test_image_path_under_the_image_root(server):
@@ -285,3 +285,127 @@ def test_api_key_comes_from_the_option_a_file_or_the_environment(tmp_path, monke
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ValueError, match="first line is empty"):
         api_key(args(api_key_file=str(tmp_path / "empty")))
+
+
+# --- small requests that must not knock the server over ---------------------------------------------------------
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG file whose header claims width x height pixels, followed by the data of a 1x1 image."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    small = io.BytesIO()
+    Image.new("L", (1, 1)).save(small, "PNG")
+    data = bytearray(small.getvalue())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    return bytes(data)
+
+
+def encoded(image, fmt: str) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_duplicate_ids_control_characters_and_unusable_paths_get_a_4xx_naming_row_and_field(server):
+    url, _ = server
+    cases = [
+        ([{"id": "a1", "title": "x"}, {"id": "b", "title": "y"}, {"id": "a1", "title": "z"}], 422,
+         "row 2, field id: duplicate id 'a1' (also in row 0)"),
+        ([{"title": "x"}, {"id": "0", "title": "y"}], 422, "row 1, field id: duplicate id '0' (also in row 0)"),
+        ([{"title": "x"}, {"title": "y", "image_path": "image_5001\x00.jpg"}], 422,
+         "row 1, field image_path: control character U+0000 at position 10"),
+        ([{"title": "ok\x07ay"}], 422, "row 0, field title: control character U+0007 at position 2"),
+        ([{"title": "x", "description": "a\x1bb"}], 422, "row 0, field description: control character U+001B"),
+        ([{"id": "a\nb", "title": "x"}], 422, "row 0, field id: control character U+000A"),
+        ([{"id": "a\ud800", "title": "x"}], 422, "row 0, field id: control character U+D800"),
+        ([{"title": "x", "image_path": "a" * 300 + ".jpg"}], 422, "row 0, field image_path: not a usable path"),
+    ]
+    for body, status, message in cases:
+        got, answer = call(f"{url}/predict", body)
+        assert got == status, (body, answer)
+        assert message in answer["detail"][0], answer
+    status, body = call(f"{url}/predict", [{"id": "t", "title": "Piscine\ttubulaire\r\n3 m", "description": "a\nb"}])
+    assert status == 200 and body["predictions"][0]["id"] == "t"  # tab and line breaks are text, not controls
+    assert call(f"{url}/health")[0] == 200
+
+
+def test_images_are_checked_against_the_pixel_limit_from_their_header_and_decoded_at_reduced_scale(server, pipeline):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mmclf.data.listings import ImageTooLarge, open_image
+    from mmclf.serve import image_side
+
+    url, _ = server
+    side = image_side(pipeline)
+    assert side == max(e.model.resize_size for e in pipeline.experts.values() if hasattr(e.model, "resize_size"))
+    bomb = png_header(12000, 12000)  # 144 Mpixels, 70 bytes: refused before any pixel is decoded
+    status, answer = call(f"{url}/predict", [{"title": "x"}, {"title": "y", "image": base64.b64encode(bomb).decode()}])
+    assert status == 413, answer
+    assert answer["detail"] == [("row 1, field image: the image is too large: 12000x12000 = 144,000,000 pixels is "
+                                 "over the limit of 25,000,000 (--max-image-pixels)")]
+    with pytest.raises(ImageTooLarge, match="400000000 pixels"):  # over PIL's own limit, whatever max_pixels says
+        open_image(io.BytesIO(png_header(20000, 20000)), max_pixels=500_000_000)
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (1600, 2000, 3), dtype=np.uint8))
+    reduced = {fmt: open_image(io.BytesIO(encoded(photo, fmt)), min_side=256).size
+               for fmt in ("JPEG", "PNG")}
+    assert reduced == {"JPEG": (500, 400), "PNG": (334, 267)}  # draft at 1/4; reduce by 6: shorter side >= 256
+    assert open_image(IMAGE, min_side=256).size == (24, 24)  # small images are decoded as they are
+    with pytest.raises(ImageTooLarge, match="3,200,000 pixels is over the limit of 3,000,000"):
+        open_image(io.BytesIO(encoded(photo, "JPEG")), max_pixels=3_000_000)
+    smooth = encoded(Image.linear_gradient("L").resize((2000, 1600)).convert("RGB"), "JPEG")  # within the body limit
+    status, answer = call(f"{url}/predict", [{"title": "x", "image": base64.b64encode(smooth).decode()}])
+    assert status == 200 and answer["counts"]["without_image"] == 0
+
+
+def test_long_text_gets_413_at_once_and_the_server_answers_others_meanwhile(pipeline):
+    app = create_app(pipeline, max_text_chars=1000, max_request_bytes=8 * 2**20, max_wait_ms=0)
+    with serving(app) as url, ThreadPoolExecutor(4) as pool:
+        huge = [pool.submit(call, f"{url}/predict", [{"title": "ok"}, {"title": "<" * 1_000_000}]) for _ in range(3)]
+        small = call(f"{url}/predict", [{"title": "piscine"}])
+        answers = [future.result() for future in huge]
+        assert small[0] == 200
+        for status, answer in answers:
+            assert status == 413
+            assert answer["detail"] == ["row 1, field title: 1,000,000 characters is over the limit of 1,000"]
+        status, answer = call(f"{url}/predict", [{"title": "x" * 1000, "description": "d" * 1000}])
+        assert status == 200
+
+
+def test_long_text_pairs_tokenize_as_before_in_linear_time():
+    import random
+
+    from transformers import AutoTokenizer
+
+    from mmclf.experts.text import tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(FIXTURE / "pipeline" / "experts" / "text")
+    pieces = ["piscine", "tubulaire", "état", "d'occasion", "  ", "\n", "\t", "3m", "é", "!!", "x" * 40, ""]
+    rng = random.Random(0)
+    for _ in range(40):
+        title, description = (" ".join(rng.choice(pieces) for _ in range(rng.randrange(0, 120))) for _ in range(2))
+        whole = dict(tokenizer([title], [description], truncation="longest_first", max_length=32))
+        assert tokenize({"title": [title], "description": [description]}, tokenizer, 32) == whole
+    # a 20,000-character pair reaches the tokenizer as 32 words a field: its pair truncation costs the product of the
+    # two lengths (tokenizing this pair whole takes GBs; the pairs above show the cut changes no token)
+    text = " ".join(rng.choice(pieces[:4]) for _ in range(3000))[:20_000]
+    seen = []
+
+    def recording(titles, descriptions, **options):
+        seen.extend(titles + descriptions)
+        return tokenizer(titles, descriptions, **options)
+
+    encoded = tokenize({"title": [text] * 2, "description": [text] * 2}, recording, 32)
+    assert [len(ids) for ids in encoded["input_ids"]] == [32, 32]
+    assert len(seen) == 4 and max(len(field.split()) for field in seen) == 32 and len(text.split()) > 2000

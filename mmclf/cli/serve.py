@@ -11,12 +11,18 @@ API_KEY_VARIABLE = "MMCLF_API_KEY"
 def add_arguments(parser) -> None:
     parser.add_argument("--pipeline", required=True, help="pipeline folder (PyTorch or ONNX export) or owner/name Hub id")
     parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="default 8000")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cpu)")
     parser.add_argument("--image-root", help="the folder whose files requests may name as image_path (default: none)")
     parser.add_argument("--max-rows", type=int, default=256, help="listings per request (default 256)")
     parser.add_argument("--max-request-mb", type=float, default=32, help="request body size limit (default 32 MB)")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per model forward pass (default 64)")
+    parser.add_argument("--max-image-pixels", type=int, default=25_000_000,
+                        help="width x height of one image, read from its header before decoding; a larger image "
+                             "gets 413 (default 25000000)")
+    parser.add_argument("--max-text-chars", type=int, default=20_000,
+                        help="characters in one id, title, description or image_path; a longer one gets 413 "
+                             "(default 20000)")
     batching = parser.add_argument_group("dynamic batching (rows of concurrent requests predicted together)")
     batching.add_argument("--max-batch-rows", type=int, default=64,
                           help="rows per batch; larger requests are split into consecutive parts (default 64)")
@@ -62,7 +68,8 @@ def run(args) -> int:
     app = create_app(pipeline, image_root=args.image_root, max_rows=args.max_rows,
                      max_request_bytes=int(args.max_request_mb * 2**20), batch_size=args.batch_size,
                      batching=not args.no_batching, max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms,
-                     max_queue_rows=args.max_queue_rows, request_timeout_s=args.request_timeout_s, api_key=key)
+                     max_queue_rows=args.max_queue_rows, request_timeout_s=args.request_timeout_s, api_key=key,
+                     max_image_pixels=args.max_image_pixels, max_text_chars=args.max_text_chars)
     # on SIGTERM uvicorn stops accepting, answers the requests in flight (at most this long), then exits
     uvicorn.run(app, host=args.host, port=args.port, log_level="info",
                 timeout_graceful_shutdown=int(args.request_timeout_s) + 5)

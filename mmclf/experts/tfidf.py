@@ -25,8 +25,6 @@ whatever scikit-learn is installed; scikit-learn is needed only to fit.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from functools import partial
 from itertools import product
 from pathlib import Path
@@ -35,15 +33,24 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from mmclf.data.rows import clean_text
+from mmclf.experts import EXPERT_FILE
 from mmclf.experts.base import Expert
+from mmclf.experts.ngrams import analyse, documents, normalise  # noqa: F401 (normalise: part of this module's API)
+from mmclf.experts.tfidf_out_of_core import (
+    BLOCKS,
+    OUT_OF_CORE_DEFAULTS,
+    check_out_of_core_config,
+    class_scores,
+    fit_out_of_core,
+    hashed_features,
+)
 from mmclf.scoring import macro_f1
 
 VOCABULARY_FILE = "vocabulary.parquet"
 WEIGHTS_FILE = "model.safetensors"
-BLOCKS = ("word", "char")
 
 CONFIG_DEFAULTS = {
+    "mode": "in_memory",  # in_memory: vocabularies + LinearSVC on the whole matrix | out_of_core: hashed, in chunks
     "word_ngrams": [1, 2],  # word n-gram lengths, smallest and largest
     "char_ngrams": [2, 5],  # character n-gram lengths inside word boundaries (char_wb)
     "min_df": 2,  # a term must occur in at least this many training rows
@@ -67,60 +74,12 @@ CONFIG_DEFAULTS = {
         "char_ngrams": [[2, 4], [2, 5]],
     },
     "seed": 0,  # inner folds and the linear SVM's coordinate order
+    "out_of_core": dict(OUT_OF_CORE_DEFAULTS),  # the keys of mode out_of_core (mmclf.experts.tfidf_out_of_core)
 }
+MODES = ("in_memory", "out_of_core")
 CLASSIFIERS = ("linear_svm", "logistic")
 CALIBRATIONS = ("temperature", "none")
 TUNED_KEYS = ("C", "class_weight", "word_ngrams", "char_ngrams")
-
-_WORD = re.compile(r"(?u)\b\w\w+\b")
-_SPACE = re.compile(r"\s\s+")
-
-
-def normalise(text: str | None, strip_accents: bool) -> str:
-    """Cleaned (HTML decoded, tags stripped, whitespace collapsed), lower-cased, optionally without accents."""
-    text = clean_text(text or "").lower()
-    if strip_accents and not text.isascii():
-        text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    return text
-
-
-def documents(titles, descriptions, config: dict) -> list[tuple[str, str]]:
-    """Normalised (title, description) pairs, the documents the n-grams are taken from."""
-    return [(normalise(title, config["strip_accents"]), normalise(description, config["strip_accents"]))
-            for title, description in zip(titles, descriptions)]
-
-
-def word_ngrams(text: str, low: int, high: int) -> list[str]:
-    tokens = _WORD.findall(text)
-    if low == high == 1:
-        return tokens
-    grams = list(tokens) if low == 1 else []
-    for n in range(max(low, 2), high + 1):
-        grams += [" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-    return grams
-
-
-def char_wb_ngrams(text: str, low: int, high: int) -> list[str]:
-    """Character n-grams inside word boundaries, each word padded with a space (scikit-learn's char_wb)."""
-    grams = []
-    for word in _SPACE.sub(" ", text).split():
-        padded = f" {word} "
-        length = len(padded)
-        for n in range(low, high + 1):
-            if n >= length:  # a short word counts once, whole
-                grams.append(padded)
-                break
-            grams += [padded[i:i + n] for i in range(length - n + 1)]
-    return grams
-
-
-def analyse(document: tuple[str, str], block: str, config: dict) -> list[str]:
-    """The n-grams of one normalised (title, description) pair: the title's repeated `title_weight` times."""
-    title, description = document
-    low, high = config[f"{block}_ngrams"]
-    grams = word_ngrams if block == "word" else char_wb_ngrams
-    return grams(title, low, high) * int(config["title_weight"]) + grams(description, low, high)
-
 
 def tfidf_matrix(pairs, block: str, config: dict, vocabulary: dict[str, int], idf: np.ndarray) -> sp.csr_matrix:
     """Sublinear tf x idf of the documents over a fixed vocabulary, rows L2-normalised (float32 CSR)."""
@@ -155,7 +114,7 @@ def check_tfidf_config(config: dict) -> None:
         raise ValueError(f"model.class_weight must be null or balanced, got {config['class_weight']!r}")
     if not config["C"] > 0:
         raise ValueError(f"model.C must be > 0, got {config['C']!r}")
-    for key, allowed in (("classifier", CLASSIFIERS), ("calibration", CALIBRATIONS)):
+    for key, allowed in (("mode", MODES), ("classifier", CLASSIFIERS), ("calibration", CALIBRATIONS)):
         if config[key] not in allowed:
             raise ValueError(f"model.{key} must be one of {', '.join(allowed)}, got {config[key]!r}")
     for key in ("calibration_folds", "tune_folds"):
@@ -173,6 +132,7 @@ def check_tfidf_config(config: dict) -> None:
         if key.endswith("_ngrams") and any(value[0] != config[key][0] for value in values):
             raise ValueError(f"model.tune_grid.{key}: every range must start at {config[key][0]}, the smallest length "
                              f"of model.{key} (the search selects n-grams by length from one vocabulary), got {values!r}")
+    check_out_of_core_config(config)
 
 
 def ngram_lengths(vocabulary: dict[str, int], block: str) -> np.ndarray:
@@ -192,16 +152,6 @@ def make_classifier(config: dict):
                                   tol=config["tol"])
     return LinearSVC(C=config["C"], class_weight=config["class_weight"], max_iter=config["max_iter"], tol=config["tol"],
                      random_state=config["seed"])
-
-
-def class_scores(classifier, x, classes: int) -> np.ndarray:
-    """Decision scores [rows, classes] in class-index order; a class the classifier never saw scores below all others."""
-    scores = classifier.decision_function(x)
-    if scores.ndim == 1:  # binary: one score, the second class against the first
-        scores = np.stack([-scores, scores], axis=1) / 2
-    full = np.full((x.shape[0], classes), scores.min() - 1.0, dtype=np.float64)
-    full[:, classifier.classes_] = scores
-    return full
 
 
 def out_of_fold_scores(x, labels: np.ndarray, classes: int, config: dict, folds: int) -> np.ndarray:
@@ -267,10 +217,13 @@ class TfidfExpert(Expert):
                  vocabularies: dict | None = None, idf: dict | None = None,
                  coef: np.ndarray | None = None, intercept: np.ndarray | None = None):
         super().__init__(None, config, class_names, metadata)
+        if isinstance(self.config["out_of_core"], dict):  # a partial section keeps the other keys' defaults
+            self.config["out_of_core"] = {**OUT_OF_CORE_DEFAULTS, **self.config["out_of_core"]}
         check_tfidf_config(self.config)
-        self.vocabularies = vocabularies  # block -> {term: feature index within the block}
-        self.idf = idf  # block -> float64 [terms]
+        self.vocabularies = vocabularies  # block -> {term: feature index within the block}; None when hashed
+        self.idf = idf  # block -> float64 [terms], or [2**hash_bits buckets] when hashed
         self.coef, self.intercept = coef, intercept  # float32 [classes, features], [classes]
+        self._coef_by_feature = None  # coef transposed, contiguous: built at the first prediction
 
     @classmethod
     def build(cls, config: dict, class_names: list[str], train_dataset=None) -> TfidfExpert:
@@ -284,9 +237,13 @@ class TfidfExpert(Expert):
 
     def fit(self, train_dataset, eval_dataset=None) -> None:
         """Vocabularies, idf, the tuned settings (with `tune`), the classifier and its temperature from the
-        training rows (eval_dataset is not used)."""
+        training rows (eval_dataset is not used). In mode out_of_core: hashed features and a classifier fitted
+        in passes over chunks of rows (`mmclf.experts.tfidf_out_of_core`)."""
         from sklearn.preprocessing import normalize
 
+        self._coef_by_feature = None
+        if self.config["mode"] == "out_of_core":
+            return self._fit_out_of_core(train_dataset)
         pairs = documents(train_dataset["title"], train_dataset["description"], self.config)
         labels = np.asarray(train_dataset["label"])
         if (labels < 0).any():
@@ -326,13 +283,26 @@ class TfidfExpert(Expert):
             if config["calibration"] == "temperature" and scores is None:
                 scores = out_of_fold_scores(x, labels, len(self.class_names), config, config["calibration_folds"])
             self.coef, self.intercept = self._class_rows(make_classifier(config).fit(x, labels))
-            if scores is not None and config["calibration"] == "temperature":
-                scale, before, after = fit_temperature(scores, labels)
-                self.coef *= scale
-                self.intercept *= scale
-                self.metadata["calibration"] = {"temperature": 1.0 / scale, "oof_log_loss_uncalibrated": before,
-                                                "oof_log_loss": after}
+            if scores is not None:
+                self._calibrate(scores, labels)
             bar.update(1)
+
+    def _fit_out_of_core(self, train_dataset) -> None:
+        fitted = fit_out_of_core(train_dataset, self.config, len(self.class_names))
+        self.vocabularies, self.idf = None, fitted["idf"]
+        self.coef, self.intercept = self._class_rows(fitted["classifier"])
+        self.metadata["out_of_core"] = {"training_rows": fitted["rows"], "held_out_rows": len(fitted["held_out_labels"])}
+        self._calibrate(fitted["held_out_scores"], fitted["held_out_labels"], "held_out")
+
+    def _calibrate(self, scores: np.ndarray, labels: np.ndarray, where: str = "oof") -> None:
+        """Fold the temperature fitted on these scores into the coefficients (no rows: left uncalibrated)."""
+        if self.config["calibration"] != "temperature" or not len(labels):
+            return
+        scale, before, after = fit_temperature(scores, labels)
+        self.coef *= scale
+        self.intercept *= scale
+        self.metadata["calibration"] = {"temperature": 1.0 / scale, f"{where}_log_loss_uncalibrated": before,
+                                        f"{where}_log_loss": after}
 
     def _fit_block(self, pairs, block: str, config: dict) -> sp.csr_matrix:
         """Fit one block's vocabulary and idf; return its sublinear tf x idf rows, not yet normalised."""
@@ -352,8 +322,7 @@ class TfidfExpert(Expert):
     def _class_rows(self, classifier) -> tuple[np.ndarray, np.ndarray]:
         """Coefficients and intercepts with one row per class of `class_names` (classes absent from the
         training rows get -inf intercepts: probability 0)."""
-        features = sum(len(v) for v in self.vocabularies.values())
-        coef = np.zeros((len(self.class_names), features), dtype=np.float32)
+        coef = np.zeros((len(self.class_names), self.feature_count), dtype=np.float32)
         intercept = np.full(len(self.class_names), -np.inf, dtype=np.float32)
         seen = classifier.classes_
         if len(seen) == 2:  # a binary logistic regression keeps one row: the second class against the first
@@ -362,6 +331,10 @@ class TfidfExpert(Expert):
             rows, bias = classifier.coef_, classifier.intercept_
         coef[seen], intercept[seen] = rows, bias
         return coef, intercept
+
+    @property
+    def feature_count(self) -> int:
+        return sum(len(v) for v in (self.vocabularies or self.idf).values())
 
     # --- saving and loading -----------------------------------------------------------------------
 
@@ -372,6 +345,10 @@ class TfidfExpert(Expert):
         from safetensors.numpy import save_file
 
         if not self.fitted:
+            return
+        if self.vocabularies is None:  # hashed: the idf of every bucket beside the weights, nothing else
+            save_file({"coef": self.coef, "intercept": self.intercept, **{f"idf_{b}": self.idf[b] for b in BLOCKS}},
+                      str(Path(directory) / WEIGHTS_FILE))
             return
         terms = {block: sorted(vocabulary, key=vocabulary.get) for block, vocabulary in self.vocabularies.items()}
         table = pa.table({"block": pa.array([b for b in BLOCKS for _ in terms[b]], type=pa.dictionary(pa.int8(), pa.string())),
@@ -386,6 +363,8 @@ class TfidfExpert(Expert):
         from safetensors.numpy import load_file
 
         directory = Path(directory)
+        if config.get("mode") == "out_of_core":
+            return cls._load_hashed(directory, config, class_names, metadata)
         if not (directory / VOCABULARY_FILE).is_file():
             return cls(config, class_names, metadata)
         if not (directory / WEIGHTS_FILE).is_file():
@@ -399,16 +378,42 @@ class TfidfExpert(Expert):
             idf[block] = weights[rows]
         tensors = load_file(str(directory / WEIGHTS_FILE))
         expert = cls(config, class_names, metadata, vocabularies, idf, tensors["coef"], tensors["intercept"])
-        features = sum(len(v) for v in vocabularies.values())
-        if expert.coef.shape != (len(class_names), features) or expert.intercept.shape != (len(class_names),):
-            raise ValueError(f"{directory}: {WEIGHTS_FILE} holds coefficients of shape {expert.coef.shape} for "
-                             f"{len(class_names)} classes and {features} features in {VOCABULARY_FILE}")
+        expert.check_shapes(directory, VOCABULARY_FILE)
         return expert
+
+    @classmethod
+    def _load_hashed(cls, directory: Path, config, class_names, metadata) -> TfidfExpert:
+        from safetensors.numpy import load_file
+
+        if not (directory / WEIGHTS_FILE).is_file():
+            return cls(config, class_names, metadata)
+        tensors = load_file(str(directory / WEIGHTS_FILE))
+        missing = sorted({"coef", "intercept", *(f"idf_{b}" for b in BLOCKS)} - set(tensors))
+        if missing:
+            raise ValueError(f"{directory / WEIGHTS_FILE} lacks the tensor(s) {missing} of a hashed (out_of_core) "
+                             f"tfidf expert")
+        expert = cls(config, class_names, metadata, None, {b: tensors[f"idf_{b}"] for b in BLOCKS}, tensors["coef"],
+                     tensors["intercept"])
+        buckets = 1 << expert.config["out_of_core"]["hash_bits"]
+        if any(len(expert.idf[b]) != buckets for b in BLOCKS):
+            raise ValueError(f"{directory / WEIGHTS_FILE}: idf of {[len(expert.idf[b]) for b in BLOCKS]} buckets, "
+                             f"where model.out_of_core.hash_bits in {EXPERT_FILE} gives {buckets} per block")
+        expert.check_shapes(directory, EXPERT_FILE)
+        return expert
+
+    def check_shapes(self, directory, features_from: str) -> None:
+        features = self.feature_count
+        if self.coef.shape != (len(self.class_names), features) or self.intercept.shape != (len(self.class_names),):
+            raise ValueError(f"{directory}: {WEIGHTS_FILE} holds coefficients of shape {self.coef.shape} for "
+                             f"{len(self.class_names)} classes and {features} features in {features_from}")
 
     # --- inference --------------------------------------------------------------------------------
 
     def features(self, titles, descriptions) -> sp.csr_matrix:
-        """The sparse TF-IDF features [rows, word terms + char terms] of (title, description) pairs."""
+        """The sparse TF-IDF features [rows, word terms + char terms] of (title, description) pairs
+        ([rows, 2 x 2**hash_bits] when hashed)."""
+        if self.vocabularies is None:
+            return hashed_features(titles, descriptions, self.config, self.idf)
         pairs = documents(titles, descriptions, self.config)
         return sp.hstack([tfidf_matrix(pairs, block, self.config, self.vocabularies[block], self.idf[block])
                           for block in BLOCKS], format="csr")
@@ -417,7 +422,9 @@ class TfidfExpert(Expert):
         if not self.fitted:
             raise ValueError("the tfidf expert is not fitted: train it (`mmclf train --config text-tfidf`) or load a "
                              f"folder that holds {VOCABULARY_FILE} and {WEIGHTS_FILE}")
-        logits = self.features(batch["title"], batch["description"]) @ self.coef.T + self.intercept
+        if self._coef_by_feature is None:  # a sparse x dense product reads the dense side row by row
+            self._coef_by_feature = np.ascontiguousarray(self.coef.T)
+        logits = self.features(batch["title"], batch["description"]) @ self._coef_by_feature + self.intercept
         logits = logits - logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
