@@ -40,7 +40,7 @@ from datasets import concatenate_datasets
 dataset = load_from_disk(sys.argv[1])
 train = concatenate_datasets([dataset["train"], dataset["validation"]])
 test = dataset["test"] if "test" in dataset else dataset["validation"]
-expert = TfidfExpert.build({"mode": sys.argv[2]}, train.features["label"].names)
+expert = TfidfExpert.build({"mode": sys.argv[2], **json.loads(sys.argv[4])}, train.features["label"].names)
 wall, cpu = time.perf_counter(), time.process_time()
 expert.fit(train)
 fit_wall, fit_cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -57,13 +57,14 @@ print(json.dumps({"rows": len(train), "fit_seconds": fit_wall, "fit_cpu_seconds"
 """
 
 
-def fit_in_child(dataset_dir: Path, mode: str, cap_gib: float, time_cap_s: float, workdir: Path) -> dict:
+def fit_in_child(dataset_dir: Path, mode: str, cap_gib: float, time_cap_s: float, workdir: Path,
+                 model: dict) -> dict:
     """One fit in a fresh process, its result kept in `workdir` (an interrupted benchmark skips finished fits)."""
-    done = workdir / f"fit-{dataset_dir.name}-{mode}.json"
+    done = workdir / f"fit-{dataset_dir.name}-{mode}{'-' + json.dumps(model, sort_keys=True) if model else ''}.json"
     if done.is_file():
         return json.loads(done.read_text())
     try:
-        result = subprocess.run([sys.executable, "-c", CHILD, str(dataset_dir), mode, str(cap_gib)],
+        result = subprocess.run([sys.executable, "-c", CHILD, str(dataset_dir), mode, str(cap_gib), json.dumps(model)],
                                 capture_output=True, text=True, check=False, timeout=time_cap_s)
     except subprocess.TimeoutExpired:
         outcome = {"over_time": True, "mode": mode}
@@ -137,6 +138,8 @@ def main() -> None:
                         help="the expert's modes to measure (each fit in its own child)")
     parser.add_argument("--memory-cap-gib", type=float, default=16.0, help="address-space cap of each fit's child")
     parser.add_argument("--time-cap-s", type=float, default=3600.0, help="wall-time cap of each fit's child")
+    parser.add_argument("--model", default="{}", help='model settings of every fit, as JSON (e.g. \'{"out_of_core": '
+                                                     '{"passes": 1}}\')')
     parser.add_argument("--workdir", help="where catalogs, datasets and runs go (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -155,7 +158,8 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     for name, rows, path in datasets:
         for mode in args.mode:
-            print_row(name, rows, fit_in_child(path, mode, args.memory_cap_gib, args.time_cap_s, workdir), args)
+            outcome = fit_in_child(path, mode, args.memory_cap_gib, args.time_cap_s, workdir, json.loads(args.model))
+            print_row(name, rows, outcome, args)
 
     if args.real:
         from mmclf.training.config import load_config

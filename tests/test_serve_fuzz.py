@@ -1,7 +1,7 @@
 """Schemathesis over the server's own OpenAPI schema, in process through its ASGI interface: whatever request the
 schema allows (and many it does not), the answer is never a 5xx, a 4xx says what was wrong, and /health stays up.
 
-`MMCLF_FUZZ_EXAMPLES` sets the examples per operation (default 200; derandomised, so CI runs are repeatable)."""
+`MMCLF_FUZZ_EXAMPLES` sets the examples per operation (default 100; derandomised, so CI runs are repeatable)."""
 
 import os
 from collections import Counter
@@ -17,7 +17,7 @@ from mmclf import MultimodalPipeline
 from mmclf.serve import create_app
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pipeline_v0_1"
-EXAMPLES = int(os.environ.get("MMCLF_FUZZ_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("MMCLF_FUZZ_EXAMPLES", "100"))
 STATUSES: Counter = Counter()  # (method path, status) of every fuzzed request
 
 
