@@ -203,3 +203,18 @@ def running_server(pipeline, options=(), timeout: float = 120):
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def demo_split(catalog, split: str, class_names: list[str]):
+    """A text-only Dataset (id, title, description, label) of one split (`train`, `test`) of a demo catalog folder."""
+    import pandas as pd
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    catalog = Path(catalog)
+    rows = pd.read_csv(catalog / f"X_{split}.csv", index_col=0, keep_default_na=False)
+    codes = pd.read_csv(catalog / f"Y_{split}.csv", index_col=0)["prdtypecode"].astype(str)
+    features = Features({"id": Value("string"), "title": Value("string"), "description": Value("string"),
+                         "label": ClassLabel(names=class_names)})
+    return Dataset.from_dict({"id": [str(i) for i in rows.index], "title": list(rows["designation"]),
+                              "description": list(rows["description"]),
+                              "label": [class_names.index(c) for c in codes]}, features=features)

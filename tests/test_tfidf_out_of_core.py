@@ -7,9 +7,8 @@ import sys
 import zlib
 
 import numpy as np
-import pandas as pd
 import pytest
-from datasets import ClassLabel, Dataset, Features, Value
+from datasets import Value
 
 from mmclf import MultimodalPipeline
 from mmclf.cli import main
@@ -20,7 +19,7 @@ from mmclf.fusion.decision import fit_decision_fusion
 from mmclf.inference import expert_probabilities
 from mmclf.probability_tables import ProbabilityTable
 from mmclf.scoring import macro_f1
-from mmclf.testing import CLASS_NAMES, make_dataset_dict
+from mmclf.testing import CLASS_NAMES, demo_split, make_dataset_dict
 
 SMALL = {"mode": "out_of_core", "min_df": 1, "out_of_core": {"hash_bits": 12, "chunk_rows": 32, "passes": 3}}
 DEMO_ROWS, DEMO_OUT_OF_CORE = 5000, {"hash_bits": 16, "passes": 8}  # measured: macro-F1 0.574 in memory, 0.571 out of core
@@ -97,16 +96,6 @@ def test_the_same_seed_gives_identical_weights():
     np.testing.assert_array_equal(first.coef, second.coef)
     np.testing.assert_array_equal(first.intercept, second.intercept)
     assert not np.array_equal(first.coef, other.coef)
-
-
-def demo_split(catalog, split: str, class_names: list[str]) -> Dataset:
-    rows = pd.read_csv(catalog / f"X_{split}.csv", index_col=0, keep_default_na=False)
-    codes = pd.read_csv(catalog / f"Y_{split}.csv", index_col=0)["prdtypecode"].astype(str)
-    features = Features({"id": Value("string"), "title": Value("string"), "description": Value("string"),
-                         "label": ClassLabel(names=class_names)})
-    return Dataset.from_dict({"id": [str(i) for i in rows.index], "title": list(rows["designation"]),
-                              "description": list(rows["description"]),
-                              "label": [class_names.index(c) for c in codes]}, features=features)
 
 
 @pytest.mark.slow  # about 30 s: both modes fitted on 5,000 rows

@@ -5,28 +5,16 @@ import json
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
-from datasets import ClassLabel, Dataset, Features, Value
 
 from mmclf.cli import main
 from mmclf.demo_catalog import generate_catalog
 from mmclf.experts import load_expert, tfidf
 from mmclf.experts.tfidf import TfidfExpert
 from mmclf.inference import expert_probabilities
-from mmclf.testing import CLASS_NAMES, make_dataset_dict
+from mmclf.testing import CLASS_NAMES, demo_split, make_dataset_dict
 
 SMALL_GRID = {"C": [0.5, 1.0], "class_weight": [None, "balanced"], "char_ngrams": [[2, 4], [2, 5]]}
-
-
-def demo_split(catalog, split: str, class_names: list[str]) -> Dataset:
-    rows = pd.read_csv(catalog / f"X_{split}.csv", index_col=0, keep_default_na=False)
-    codes = pd.read_csv(catalog / f"Y_{split}.csv", index_col=0)["prdtypecode"].astype(str)
-    features = Features({"id": Value("string"), "title": Value("string"), "description": Value("string"),
-                         "label": ClassLabel(names=class_names)})
-    return Dataset.from_dict({"id": [str(i) for i in rows.index], "title": list(rows["designation"]),
-                              "description": list(rows["description"]),
-                              "label": [class_names.index(c) for c in codes]}, features=features)
 
 
 @pytest.fixture(scope="module")
