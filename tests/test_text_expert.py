@@ -33,6 +33,15 @@ def test_tiny_tokenizer_encodes_pairs_with_longest_first_truncation():
     assert pair.count(tokenizer.sep_token_id) == 3  # <s> A </s></s> B </s>: the description survived truncation
 
 
+def test_tiny_tokenizer_gives_the_same_ids_in_every_training():
+    # the Unigram trainer iterates hash sets: without canonical_vocab the rare characters it adds change ids between runs
+    rng = np.random.default_rng(0)
+    letters = list("abcdefghijklmnopqrstuvwxyzéèàùûçôABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+    texts = [" ".join("".join(rng.choice(letters, size=rng.integers(2, 9))) for _ in range(8)) for _ in range(300)]
+    vocabs = {train_tiny_tokenizer(texts, 400).backend_tokenizer.to_str() for _ in range(5)}
+    assert len(vocabs) == 1
+
+
 @pytest.mark.slow  # the text_run fixture trains through the CLI (~14 s)
 def test_run_directory_and_tables(text_run):
     run_dir, dataset = text_run

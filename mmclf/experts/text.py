@@ -51,8 +51,23 @@ def train_tiny_tokenizer(texts, vocab_size: int) -> CamembertTokenizer:
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=TINY_SPECIAL_TOKENS, unk_token="<unk>",
                                       show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
-    vocab = [tuple(piece) for piece in json.loads(tokenizer.to_str())["model"]["vocab"]]
-    return CamembertTokenizer(vocab=vocab, additional_special_tokens=[])
+    vocab = json.loads(tokenizer.to_str())["model"]["vocab"]
+    return CamembertTokenizer(vocab=canonical_vocab(vocab, len(TINY_SPECIAL_TOKENS)), additional_special_tokens=[])
+
+
+def canonical_vocab(vocab: list, specials: int) -> list[tuple[str, float]]:
+    """The trainer's vocab in an order and with scores that depend only on the texts, so two trainings on the same
+    texts give the same token ids (and a seeded run reproduces). The Unigram trainer sums in hash-map order (scores
+    vary in the last bits) and gives the characters it must add the scores min_score + k * 1e-4 in hash-set order:
+    scores are rounded to 6 decimals, those characters get their scores in sorted order, ties sort by piece."""
+    head, pieces = vocab[:specials], [(piece, round(score, 6)) for piece, score in vocab[specials:]]
+    lowest = min((score for _, score in pieces), default=0.0)
+    on_grid = [i for i, (piece, score) in enumerate(pieces)
+               if len(piece) == 1 and abs((score - lowest) * 1e4 - round((score - lowest) * 1e4)) < 1e-3]
+    grid_scores = sorted((pieces[i][1] for i in on_grid), reverse=True)
+    for i, piece, score in zip(on_grid, sorted(pieces[i][0] for i in on_grid), grid_scores):
+        pieces[i] = (piece, score)
+    return [tuple(piece) for piece in head] + sorted(pieces, key=lambda item: (-item[1], item[0]))
 
 
 def words_prefix(text: str, words: int) -> str:
