@@ -62,8 +62,12 @@ def canonical_vocab(vocab: list, specials: int) -> list[tuple[str, float]]:
     scores are rounded to 6 decimals, those characters get their scores in sorted order, ties sort by piece."""
     head, pieces = vocab[:specials], [(piece, round(score, 6)) for piece, score in vocab[specials:]]
     lowest = min((score for _, score in pieces), default=0.0)
-    on_grid = [i for i, (piece, score) in enumerate(pieces)
-               if len(piece) == 1 and abs((score - lowest) * 1e4 - round((score - lowest) * 1e4)) < 1e-3]
+
+    def added_by_trainer(piece: str, score: float) -> bool:  # one character at lowest + k * 1e-4
+        steps = (score - lowest) * 1e4
+        return len(piece) == 1 and abs(steps - round(steps)) < 1e-3
+
+    on_grid = [i for i, (piece, score) in enumerate(pieces) if added_by_trainer(piece, score)]
     grid_scores = sorted((pieces[i][1] for i in on_grid), reverse=True)
     for i, piece, score in zip(on_grid, sorted(pieces[i][0] for i in on_grid), grid_scores):
         pieces[i] = (piece, score)
