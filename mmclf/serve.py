@@ -17,6 +17,9 @@ parts, each request's rows stay together and in order, and every request gets ex
 model forward pays a fixed cost per batch, so 32 one-row requests predicted as one batch cost little more
 than one. `batching=False` predicts each request alone, as it arrives.
 
+Titles and descriptions are cleaned as `mmclf predict` and the dataset build clean them (HTML entities decoded,
+tags stripped, whitespace collapsed), so the server and a batch prediction give one listing the same answer.
+
 Bad requests get a 4xx answer naming the row and field before they reach the queue (413 for a body, a row count,
 a text field or an image's pixel count over the limits, 403 for an image path outside --image-root, 422 for
 malformed JSON, a wrong type, a duplicate id, a control character or an image that does not decode). Images are
@@ -54,6 +57,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmclf.data.listings import ImageTooLarge, Listings, open_image
+from mmclf.data.rows import clean_text
 from mmclf.pipeline import MultimodalPipeline
 
 ROUTES = ("/predict", "/health", "/metrics", "/docs", "/openapi.json")
@@ -373,8 +377,9 @@ def create_app(pipeline: MultimodalPipeline, *, image_root=None, max_rows: int =
                 raise RequestError(422, row, "id", f"duplicate id {sample_id!r} (also in row {first_row[sample_id]})")
             first_row[sample_id] = row
             ids.append(sample_id)
-        return Listings(ids=ids, titles=[item.title for item in listings],
-                        descriptions=[item.description for item in listings],
+        # cleaned as `mmclf predict` and the dataset build clean them: the experts were trained on such text
+        return Listings(ids=ids, titles=[clean_text(item.title) for item in listings],
+                        descriptions=[clean_text(item.description) for item in listings],
                         images=[decode_image(item, i, root, max_image_pixels, min_side)
                                 for i, item in enumerate(listings)])
 

@@ -409,3 +409,18 @@ def test_long_text_pairs_tokenize_as_before_in_linear_time():
     encoded = tokenize({"title": [text] * 2, "description": [text] * 2}, recording, 32)
     assert [len(ids) for ids in encoded["input_ids"]] == [32, 32]
     assert len(seen) == 4 and max(len(field.split()) for field in seen) == 32 and len(text.split()) > 2000
+
+
+def test_the_server_cleans_text_as_batch_prediction_does(server):
+    url, pipeline = server
+    raw = {"id": "h1", "title": "Pompe &amp;eacute;lectrique <b>neuve</b>&nbsp;&lt;piscine&gt;",
+           "description": "<p>Filtre&nbsp;&amp;amp; tuyau</p>\n\n  inclus"}
+    with pytest.warns(UserWarning, match="none of the 1 rows has an image"):
+        expected = pipeline.predict_proba([raw])
+    status, body = call(f"{url}/predict?top_k=3", [raw])
+    assert status == 200, body
+    for top in body["predictions"][0]["top"]:
+        assert top["probability"] == pytest.approx(expected.loc["h1", top["code"]], abs=1e-5)
+    cleaned = call(f"{url}/predict?top_k=3", [{"id": "h1", "title": "Pompe électrique neuve",
+                                                "description": "Filtre & tuyau inclus"}])
+    assert cleaned == (status, body)
