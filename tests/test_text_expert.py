@@ -8,6 +8,7 @@ from mmclf.experts import load_expert
 from mmclf.experts.text import TextExpert, train_tiny_tokenizer
 from mmclf.inference import expert_features, probability_table
 from mmclf.probability_tables import ProbabilityTable
+from mmclf.rundir import folder_digest
 from mmclf.testing import CLASS_NAMES, make_dataset_dict, save_dataset_dict
 from mmclf.training.config import load_config
 from mmclf.training.train import train_expert
@@ -68,6 +69,14 @@ def test_reload_gives_the_same_probabilities(text_run):
     again = probability_table(expert, dataset["validation"], "validation", source="run", batch_size=7)
     assert again.ids == saved.ids
     assert np.allclose(again.probs, saved.probs, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_reloaded_expert_saves_the_same_files(text_run, tmp_path):
+    # a resumed run re-saves the expert it reloaded: its folder, and so the steps that read it, must not change
+    run_dir, _ = text_run
+    load_expert(run_dir / "model").save_pretrained(tmp_path / "again")
+    assert folder_digest(tmp_path / "again") == folder_digest(run_dir / "model")
 
 
 @pytest.mark.slow

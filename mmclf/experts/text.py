@@ -151,7 +151,7 @@ class TextExpert(Expert):
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
-        return cls(model.eval(), AutoTokenizer.from_pretrained(directory), config, metadata)
+        return cls(model.eval(), reload_tokenizer(directory), config, metadata)
 
     def encode_batch(self, batch: dict, train: bool) -> dict:
         return tokenize(batch, self.tokenizer, self.config["max_length"])
@@ -186,6 +186,19 @@ class TextExpert(Expert):
         if isinstance(self.model.classifier, nn.Linear) and pooled is not None:
             return pooled
         return outputs.last_hidden_state[:, 0]
+
+
+def reload_tokenizer(directory):
+    """The saved tokenizer, which saves back to the same files. Loading adds settings to its init arguments (how it
+    was loaded, the truncation stored in tokenizer.json) that save_pretrained would write into tokenizer_config.json:
+    a resumed run's expert folder, and every workflow step that reads it, would change."""
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    saved = Path(directory) / "tokenizer_config.json"
+    if saved.is_file():
+        kept = json.loads(saved.read_text())
+        for key in set(tokenizer.init_kwargs) - set(kept):
+            del tokenizer.init_kwargs[key]
+    return tokenizer
 
 
 def check_max_length(model, max_length: int, name: str) -> None:
