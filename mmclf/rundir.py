@@ -292,8 +292,8 @@ class RunFolder:
                 raise ValueError(f"cannot resume {self.path}: its {CONFIG_FILE} differs from this config in "
                                  f"{describe_differences(saved, config, changed)}; choose another output folder")
         with main_process_writes() as main:  # every process has looked before the main one writes
-            if main:
-                write_config(config, self.config_file)
+            if main:  # without `resume`: how this start was asked for, not what the folder holds
+                write_config({k: v for k, v in config.items() if k != "resume"}, self.config_file)
         return saved is not None
 
     def lock(self) -> None:

@@ -95,7 +95,7 @@ def test_a_changed_setting_reruns_exactly_its_step_and_those_downstream(paper, t
 
 
 @pytest.mark.slow
-def test_an_interrupted_training_resumes_and_reruns_only_what_reads_it(paper):
+def test_an_interrupted_training_resumes_and_what_reads_it_is_not_rerun(paper):
     out, overrides, _ = paper
     run_workflow("rakuten-paper", overrides, out=out, echo=lambda line: None)  # every step done, as first run
     for name in (".mmclf_done.json", "metrics.json"):  # as if killed after its last checkpoint
@@ -105,8 +105,8 @@ def test_an_interrupted_training_resumes_and_reruns_only_what_reads_it(paper):
     assert dry[STEPS.index("text_large")] == "run  text_large: unfinished: no done marker"
     lines: list[str] = []
     run_workflow("rakuten-paper", overrides, out=out, echo=lines.append)
-    assert ran(lines, "run ") == ["text_large", *[f for f in FUSIONS if "text_large" in f], "ensemble_test",
-                                  "ensemble_validation", "evaluate_validation", "pipeline", "predict"]
+    # the resumed training ends with the folder the first run wrote, so nothing that reads it runs again
+    assert ran(lines, "run ") == ["text_large"] and ran(lines, "skip") == [s for s in STEPS if s != "text_large"]
     assert f"resumed from {out / 'text_large' / 'checkpoints' / 'last'}" in (out / "logs" / "text_large.log").read_text()
 
 

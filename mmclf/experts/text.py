@@ -140,6 +140,10 @@ class TextExpert(Expert):
 
     def save_model(self, directory) -> None:
         self.model.save_pretrained(directory)
+        # tokenize() sets truncation on every call; what the last call left behind (or not, when `datasets` served
+        # the encoding from its cache) is not part of the expert, and would make two runs' folders differ
+        self.tokenizer.backend_tokenizer.no_truncation()
+        self.tokenizer.backend_tokenizer.no_padding()
         self.tokenizer.save_pretrained(directory)
 
     @classmethod
