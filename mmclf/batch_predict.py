@@ -186,8 +186,8 @@ def chunk_listings(data, images_dir=None, strict_images: bool = False, first_row
 
 
 class IdCheck:
-    """Raises at the first id seen twice in the whole input, naming both rows. Holds a 64-bit hash and the row
-    of every id (16 bytes a row), not the ids."""
+    """Raises at the first empty id, and at the first id seen twice in the whole input, naming both rows. Holds a
+    64-bit hash and the row of every id (16 bytes a row), not the ids."""
 
     def __init__(self, source: str):
         self.source = source
@@ -195,6 +195,9 @@ class IdCheck:
         self.rows = np.empty(0, dtype=np.int64)  # the row of each hash
 
     def add(self, ids: list[str], first_row: int) -> None:
+        empty = next((row for row, sample_id in enumerate(ids) if not sample_id.strip()), None)
+        if empty is not None:
+            raise ValueError(f"{self.source}: row {first_row + empty + 1} has an empty id: every row needs one")
         hashes = np.concatenate([self.hashes, pd.util.hash_array(np.asarray(ids, dtype=object))])
         rows = np.concatenate([self.rows, np.arange(first_row, first_row + len(ids))])
         order = np.argsort(hashes, kind="stable")

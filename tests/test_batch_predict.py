@@ -158,7 +158,7 @@ def test_resume_refuses_another_chunking_and_a_plain_rerun_starts_afresh(pipelin
     assert (result.resumed_chunks, result.rows) == (0, 17) and not chunks_folder(out).exists()
 
 
-def test_a_duplicate_id_in_a_later_chunk_names_both_rows(pipeline, ens, tmp_path):
+def test_a_duplicate_id_in_a_later_chunk_names_both_rows_and_an_empty_id_its_row(pipeline, ens, tmp_path):
     rows = pd.read_csv(ens, dtype=str, keep_default_na=False)
     rows.iloc[4, 0] = "x2"
     rows.to_csv(tmp_path / "dup.csv", index=False)
@@ -169,6 +169,12 @@ def test_a_duplicate_id_in_a_later_chunk_names_both_rows(pipeline, ens, tmp_path
     check.add(["a", "b"], 0)
     with pytest.raises(ValueError, match="duplicate id 'c': rows 3 and 4"):
         check.add(["c", "c"], 2)
+    rows.iloc[4, 0] = ""
+    rows.to_csv(tmp_path / "empty.csv", index=False)
+    with pytest.raises(ValueError, match=r"empty.csv: row 5 has an empty id"):
+        predict_file(pipeline, tmp_path / "p.csv", input=tmp_path / "empty.csv", images=IMAGES, chunk_rows=4,
+                     progress=False)
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_command_line_parquet_output_and_missing_images(ens, tmp_path, capsys):

@@ -134,11 +134,12 @@ def test_empty_titles_are_rejected_counted_and_listed(tmp_path):
         (lambda x, y: y.write_text(y.read_text().replace("prdtypecode", "code")), r"Y.csv: missing column\(s\) \['prdtypecode'\]"),
         (lambda x, y: y.write_text(y.read_text().replace("\n14,", "\n15,")), r"do not match.*row 3 \(id '14'\), column ''|do not match.*id '14'"),
         (lambda x, y: x.write_text(x.read_text().replace("\n14,", "\n7,")), r"duplicate id '7' in .*X.csv: rows 2 and 3"),
+        (lambda x, y: x.write_text(x.read_text().replace("\n14,", "\n ,")), r"empty id at .*X.csv, row 3 \(id ''\), the unnamed index column"),
         (lambda x, y: y.write_text(y.read_text().replace("\n14,50", "\n14,")), r"missing label .*row 3 \(id '14'\)"),
         (lambda x, y: x.write_bytes(x.read_bytes().replace(b"beau", b"b\xe9au", 1)), r"X.csv, row 2, column 'description': byte 0xe9 is not valid utf-8"),
         (lambda x, y: x.write_text(""), r"X.csv is empty"),
     ],
-    ids=["misnamed-x-column", "misnamed-y-column", "indexes-differ", "duplicate-id", "missing-label", "non-utf8", "empty-file"],
+    ids=["misnamed-x-column", "misnamed-y-column", "indexes-differ", "duplicate-id", "empty-id", "missing-label", "non-utf8", "empty-file"],
 )
 def test_bad_input_names_file_row_and_column(tmp_path, mutate, message):
     x, y, _ = write_ens(tmp_path, rows=20, images=False)

@@ -36,7 +36,7 @@ from mmclf.data.readers import (
     FeaturesFile,
     RawTable,
     attach_labels,
-    check_unique_ids,
+    check_ids,
     normalise_codes,
     read_features_file,
     read_labels_file,
@@ -158,7 +158,7 @@ def _read_source(source: Source, class_names: list[str], check_classes: bool, se
     present = {p.name for p in source.images_dir.iterdir()} if source.images_dir else set()
     parts, matched = [], 0
     for table in source.features.chunks():
-        check_unique_ids(table, seen_ids)
+        check_ids(table, seen_ids)
         if labels is not None:
             attach_labels(table, labels, label_rows)
             matched += len(table.frame)

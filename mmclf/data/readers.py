@@ -246,13 +246,17 @@ def read_labels_file(path, fmt: str, encoding: str = "utf-8", encoding_errors: s
     canonical["label"] = normalise_codes(canonical["label"])
     labels = RawTable(path, canonical, found)
     if "id" in canonical:
-        check_unique_ids(labels, {})
+        check_ids(labels, {})
     return labels
 
 
-def check_unique_ids(table: RawTable, seen: dict) -> None:
-    """Raise at the first id that repeats one of this table or of `seen` (id -> row); record the table's ids."""
+def check_ids(table: RawTable, seen: dict) -> None:
+    """Raise at the first empty id, or at the first id that repeats one of this table or of `seen` (id -> row);
+    record the table's ids."""
     ids = table.frame["id"]
+    empty = ids.str.strip() == ""
+    if empty.any():
+        raise ValueError(f"empty id at {table.where(int(empty.to_numpy().argmax()), 'id')}: every row needs one")
     duplicated = ids.duplicated() | ids.isin(seen.keys())
     if duplicated.any():
         row = int(duplicated.to_numpy().argmax())
