@@ -16,6 +16,7 @@ from mmclf.experts.tfidf import BLOCKS, TfidfExpert, analyse, documents, normali
 from mmclf.fusion.decision import fit_decision_fusion
 from mmclf.inference import expert_probabilities
 from mmclf.probability_tables import ProbabilityTable
+from mmclf.rundir import LOCK_FILE
 from mmclf.testing import CLASS_NAMES, make_dataset_dict
 
 HTML_TITLE = "<b>Piscine</b> tubulaire &amp; pompe &eacute;t&eacute;"
@@ -47,6 +48,8 @@ def test_run_directory_tables_and_folds(tfidf_run):
     assert sorted(oof.ids) == sorted([*dataset["train"]["id"], *dataset["validation"]["id"]])
     assert set(oof.splits) == {"train", "validation"} and oof.expert_name == "run"
     assert "training:\n  eval_batch_size: 256\n" in (run_dir / "config.yaml").read_text()
+    for fold in range(3):  # each fold's folder released as soon as the fold is done (an empty lock file)
+        assert (run_dir / "folds" / str(fold) / LOCK_FILE).read_text() == ""
 
 
 def test_saved_without_pickle_and_reload_gives_identical_probabilities(tfidf_run, monkeypatch):

@@ -84,6 +84,7 @@ def train_folds(config: dict, dataset_dict, run_dir: Path, class_names: list[str
                     with staged_file(held_path) as staged:
                         table.save(staged)
                     shutil.rmtree(fold / "checkpoints", ignore_errors=True)  # no longer needed
+            fold.close()
         probs[held_rows] = ProbabilityTable.load(held_path).probs
         fold_metrics.append({"fold": i, **json.loads((fold / "metrics.json").read_text())})
     oof = ProbabilityTable(ids=list(labelled["id"]), splits=origin, labels=labels, probs=probs,
