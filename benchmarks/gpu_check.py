@@ -82,7 +82,8 @@ def throughput(mode: str, out: Path) -> list[dict]:
     for recipe, overrides in THROUGHPUT[mode]:
         target = out / f"throughput-{recipe}.json"
         size = ["--steps", "20", "--warmup", "5", "--mixed-precision", "bf16"] if mode == "gpu" else \
-            ["--steps", "2", "--warmup", "1", "--batch-size", "4", "--mixed-precision", "no", "--peak-tflops", "1"]
+            ["--steps", "2", "--warmup", "1", "--batch-size", "4", "--mixed-precision", "no", "--peak-tflops", "1",
+             "--in-process"]
         code, _ = run([sys.executable, "benchmarks/throughput.py", "--recipes", recipe, *size, "--json", str(target),
                        *overrides], out / f"throughput-{recipe}.log", timeout=300)
         if code != 0:
@@ -148,7 +149,7 @@ def workflow_overrides(mode: str, catalog: Path, encoders: dict) -> list[str]:
                 *[f"{step}.training.epochs=2" for step in steps], *[f"{step}.training.max_steps=100" for step in steps],
                 *[f"{step}.training.early_stopping_patience=0" for step in steps]]
     tiny_image = ["model.name=test_resnet", "model.image_size=64", "model.resize_size=72", "model.pretrained=false"]
-    return [*common, "accelerate_config=null", "denoise.config=denoise-tiny",  # in this process: CI's time
+    return [*common, "accelerate_config=null", "denoise.config=denoise-tiny", "denoise.folds=2",  # CI's time
             "dataset.validation_fraction=0.4",  # 240 validation rows: every class twice for the fusion folds
             *[f"{step}.{o}" for step in ("image_224", "image") for o in tiny_image],
             "text_base.model.max_length=32", "text_large.model.max_length=32", "image.model.grid=2",

@@ -14,7 +14,8 @@ on one batch of each input shape. MFU = counted FLOPs per second / peak: `--peak
 the dense bf16/fp16 (or fp32) peak of its model from the table below; on a CPU the peak is measured as the
 best large-matmul rate of the same dtype (so CPU MFU reads "of what this CPU reaches on a matmul").
 Peak memory: `torch.cuda.max_memory_allocated` on a GPU, the process's peak RSS on a CPU. Each
-(recipe, mode) runs in a fresh process. Checkpoints are not written (they are not part of a step).
+(recipe, mode) runs in a fresh process (`--in-process`: all in this one, a quick check that the script runs).
+Checkpoints are not written (they are not part of a step).
 Models get random weights of the recipe's architecture (speed does not depend on the values); a Hub text
 model that is not in the local cache is built from the architecture table below, with a tokenizer trained
 on the rows standing in for its own (token counts then differ from the real tokenizer's on real text).
@@ -318,6 +319,9 @@ def main():
     parser.add_argument("--variants", nargs="+", default=[], metavar="'KEY=VALUE ...'",
                         help="settings to compare, each a quoted list of overrides; they alternate within the run")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--in-process", action="store_true",
+                        help="measure in this process, not in a fresh one per (recipe, mode): quicker, for checking that "
+                             "the script runs (on a CPU the peak memory then covers every run so far)")
     parser.add_argument("--one", nargs=2, metavar=("RECIPE", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, as for `mmclf train`")
     args = parser.parse_args()
@@ -332,7 +336,11 @@ def main():
         for _ in range(args.repeats):
             for variant in variants:
                 for mode in args.modes:
-                    result = run_one(args, recipe, mode, variant)
+                    if args.in_process:
+                        result = measure(argparse.Namespace(**{**vars(args), "recipe": recipe, "mode": mode,
+                                                               "overrides": [*args.overrides, *variant]}))
+                    else:
+                        result = run_one(args, recipe, mode, variant)
                     key = (" ".join(variant), mode)
                     if key not in best or result["samples_per_s"] > best[key]["samples_per_s"]:
                         best[key] = result

@@ -29,7 +29,7 @@ def stand_ins(catalog) -> list[str]:
         f"x_train={catalog}/X_train.csv", f"y_train={catalog}/Y_train.csv", f"images_train={catalog}/image_train",
         f"x_test={catalog}/X_test.csv", f"images_test={catalog}/image_test", "accelerate_config=null",
         "dataset.validation_fraction=0.2", "dataset.test_labels=" + f"{catalog}/Y_test.csv",
-        "denoise.config=denoise-tiny", f"denoise.{tiny}", "denoise.denoise.splits=[train]",
+        "denoise.config=denoise-tiny", f"denoise.{tiny}", "denoise.folds=2", "denoise.denoise.splits=[train]",
         "text_base.config=text-tiny", f"text_base.{tiny}", "text_large.config=text-tiny", f"text_large.{tiny}",
         "text_large.model.tiny_layers=1", "image_224.config=image-tiny", f"image_224.{tiny}",
         "image.config=image-tiny-dcl", f"image.{tiny}",
