@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from datasets import load_from_disk
+from threadpoolctl import threadpool_limits
 
 from mmclf import MultimodalPipeline, batch_predict
 from mmclf.batch_predict import IdCheck, chunks_folder, predict_file
@@ -216,19 +218,24 @@ def launch(script: str, *args: str, processes: int, port: int, env=None):
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
-def single(*args: str):
-    """One process with the threads of each launched one (float sums in the same order: the same bytes)."""
-    return subprocess.run([sys.executable, "-m", "mmclf", *args], env=dict(os.environ, OMP_NUM_THREADS="1"),
-                          capture_output=True, text=True, timeout=600, check=False)
+def single(*args: str) -> int:
+    """`mmclf` in this process, with the threads of each launched one (float sums in the same order: the same
+    bytes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            return main(list(args))
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_processes_write_the_bytes_of_one_and_a_killed_two_process_run_resumes_on_one(ens, tmp_path):
+def test_two_processes_write_the_bytes_of_one_and_a_killed_two_process_run_resumes_on_one(ens, tmp_path, capsys):
     predict = ["predict", "--pipeline", str(FIXTURE / "pipeline"), "--input", str(ens), "--images", str(IMAGES),
                "--batch-size", "2", "--chunk-rows", "2"]  # 9 chunks
-    one = single(*predict, "--out", str(tmp_path / "one" / "sub.csv"))
-    assert one.returncode == 0, one.stderr[-3000:]
+    assert single(*predict, "--out", str(tmp_path / "one" / "sub.csv")) == 0
     two = launch("-m", "mmclf", *predict, "--out", str(tmp_path / "two" / "sub.csv"), processes=2, port=29541)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("wrote 17 predictions") == 1  # the main process reports
@@ -242,8 +249,9 @@ def test_two_processes_write_the_bytes_of_one_and_a_killed_two_process_run_resum
     assert killed.returncode != 0 and not (tmp_path / "killed" / "sub.csv").exists(), killed.stderr[-3000:]
     kept = sorted(p.name for p in chunks_folder(tmp_path / "killed" / "sub.csv").glob("chunk-*"))
     assert 2 <= len(kept) < 9, kept
-    resumed = single(*predict, "--out", str(tmp_path / "killed" / "sub.csv"), "--resume")
-    assert resumed.returncode == 0 and f"{len(kept)} of 9 chunks kept" in resumed.stdout, resumed.stderr[-3000:]
+    capsys.readouterr()
+    assert single(*predict, "--out", str(tmp_path / "killed" / "sub.csv"), "--resume") == 0
+    assert f"{len(kept)} of 9 chunks kept" in capsys.readouterr().out
     for name in ("sub.csv", "sub.parquet"):
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
     shutil.rmtree(tmp_path / "killed")
