@@ -12,7 +12,7 @@ check is known to work before a GPU is at hand. Nothing here changes the device'
 persistence mode): `nvidia-smi` is only queried.
 
     bash benchmarks/gpu_check.sh --out gpu_check_out            # on one H100 / H200: under 8 minutes
-    bash benchmarks/gpu_check.sh --cpu-dry-run --out /tmp/check  # anywhere (about 2 minutes on 2 cores)
+    bash benchmarks/gpu_check.sh --cpu-dry-run --out /tmp/check  # anywhere (about 95 s on 2 cores)
 """
 
 from __future__ import annotations
