@@ -3,7 +3,7 @@ directory (`mmclf.rundir.RunFolder`); and `predict_expert` (`mmclf predict-exper
 saved expert. One run is `mmclf.training.fit`; k folds are `mmclf.training.folds`.
 
 Run directory (`output_dir`):
-    config.yaml              the resolved config (every key)
+    config.yaml              the resolved config (every key but `resume`)
     model/                   the trained expert in save_pretrained form (+ mmclf_expert.json: kind, class order)
     checkpoints/best, last/  accelerate save_state folders (`--resume` continues from last)
     probs/<split>.parquet    probability tables of the splits in `predict_splits`
