@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -102,10 +103,20 @@ def test_label_files_of_random_bytes_give_a_clear_error_or_labels(data, fmt):
 
 
 @pytest.mark.parametrize("encoding", ["latin-1", "cp1252"])
-def test_a_utf8_file_read_as_latin1_reads_every_row(tmp_path, encoding):
-    """Not an error (every byte is valid latin-1), but every row is read: mis-decoding is visible in the text."""
+def test_a_utf8_file_read_as_latin1_warns_and_reads_every_row(tmp_path, encoding):
+    """Not an error (every byte is valid latin-1), but a warning naming the file, and every row is read."""
     path = tmp_path / "x.csv"
     path.write_text("sku,name\n1,Crème brûlée\n2,Café\n", encoding="utf-8")
-    features = read_features_file(path, {"id": "sku", "title": "name"}, encoding=encoding)
+    with pytest.warns(UserWarning, match=r"x.csv is UTF-8 with accented characters and is read as " + encoding):
+        features = read_features_file(path, {"id": "sku", "title": "name"}, encoding=encoding)
     frame = next(features.chunks()).frame
     assert frame["title"].tolist() == ["CrÃ¨me brÃ»lÃ©e", "CafÃ©"]
+
+
+def test_a_latin1_file_read_as_latin1_reads_without_a_warning(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_bytes("sku,name\n1,Crème brûlée\n2,Café\n".encode("latin-1"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = next(read_features_file(path, {"id": "sku", "title": "name"}, encoding="latin-1").chunks()).frame
+    assert frame["title"].tolist() == ["Crème brûlée", "Café"]

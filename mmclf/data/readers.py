@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import functools
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,9 @@ def _open_chunks(path: Path, encoding: str, chunk_rows: int) -> tuple[list[str],
         head = handle.read(65536)
     if not head.strip():
         raise ValueError(f"{path} is empty")
+    if codecs.lookup(encoding).name not in ("utf-8", "utf-8-sig") and _accented_utf8(head):
+        _warn_once(f"{path} is UTF-8 with accented characters and is read as {encoding}: 'é' comes out as 'Ã©'; "
+                   f"leave out --encoding unless the file really is {encoding}", *_stat(path))
     separator = "\t" if path.suffix.lower() == ".tsv" or b"\t" in head.split(b"\n", 1)[0] else ","
     kind = "TSV" if separator == "\t" else "CSV"
     options = {"sep": separator, "dtype": str, "keep_default_na": False, "encoding": encoding,
@@ -97,6 +101,23 @@ def _open_chunks(path: Path, encoding: str, chunk_rows: int) -> tuple[list[str],
             raise ValueError(f"{path} could not be parsed as {kind} ({encoding}): {error}") from None
 
     return columns, chunks()
+
+
+def _accented_utf8(head: bytes) -> bool:
+    """Non-ASCII bytes that decode as UTF-8: a UTF-8 file (Latin-1 or cp1252 text almost never does)."""
+    if head.isascii():
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")("strict").decode(head, final=False)  # a cut last character is fine
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=16)
+def _warn_once(message: str, size: int, mtime: float) -> None:
+    """A file is opened for its header and again for its rows: one warning (again once the file changed)."""
+    warnings.warn(message, stacklevel=4)
 
 
 def _stat(path: Path) -> tuple[int, float]:
