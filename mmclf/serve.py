@@ -22,7 +22,7 @@ tags stripped, whitespace collapsed), so the server and a batch prediction give 
 
 Bad requests get a 4xx answer naming the row and field before they reach the queue (413 for a body, a row count,
 a text field or an image's pixel count over the limits, 403 for an image path outside --image-root, 422 for
-malformed JSON, a wrong type, a duplicate id, a control character or an image that does not decode). Images are
+malformed JSON, a wrong type, an empty or duplicate id, a control character or an image that does not decode). Images are
 decoded with a pixel limit checked from the header, and at reduced scale (JPEG draft mode) when far larger than
 the image experts read, so no request holds large decoded images. With an API key every route but /health answers 401 without
 `Authorization: Bearer <key>` (compared in constant time). A request whose rows wait or run longer than
@@ -92,7 +92,10 @@ class Unavailable(Exception):
 
 
 def check_fields(listing: Listing, row: int, max_text_chars: int) -> None:
-    """413 for a text field over `max_text_chars`, 422 for a control character (any in id and image_path)."""
+    """413 for a text field over `max_text_chars`, 422 for a control character (any in id and image_path) or an
+    empty id (leave the id out to be named by position)."""
+    if listing.id is not None and not listing.id.strip():
+        raise RequestError(422, row, "id", "the id is empty: give one, or leave it out to be named by position")
     for name in ("id", "title", "description", "image_path"):
         value = getattr(listing, name)
         if value is None:

@@ -314,7 +314,7 @@ def encoded(image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def test_duplicate_ids_control_characters_and_unusable_paths_get_a_4xx_naming_row_and_field(server):
+def test_duplicate_or_empty_ids_control_characters_and_unusable_paths_get_a_4xx_naming_row_and_field(server):
     url, _ = server
     cases = [
         ([{"id": "a1", "title": "x"}, {"id": "b", "title": "y"}, {"id": "a1", "title": "z"}], 422,
@@ -325,6 +325,7 @@ def test_duplicate_ids_control_characters_and_unusable_paths_get_a_4xx_naming_ro
         ([{"title": "ok\x07ay"}], 422, "row 0, field title: control character U+0007 at position 2"),
         ([{"title": "x", "description": "a\x1bb"}], 422, "row 0, field description: control character U+001B"),
         ([{"id": "a\nb", "title": "x"}], 422, "row 0, field id: control character U+000A"),
+        ([{"id": "a", "title": "x"}, {"id": " ", "title": "y"}], 422, "row 1, field id: the id is empty"),
         ([{"id": "a\ud800", "title": "x"}], 422, "row 0, field id: control character U+D800"),
         ([{"title": "x", "image_path": "a" * 300 + ".jpg"}], 422, "row 0, field image_path: not a usable path"),
     ]
