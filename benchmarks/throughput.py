@@ -272,6 +272,9 @@ def measure(args) -> dict:
 # --- the table ----------------------------------------------------------------------------------------------
 
 def run_one(args, recipe: str, mode: str, variant: list[str]) -> dict:
+    if args.in_process:
+        return measure(argparse.Namespace(**{**vars(args), "recipe": recipe, "mode": mode,
+                                             "overrides": [*args.overrides, *variant]}))
     command = [sys.executable, __file__, "--one", recipe, mode, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     for flag, value in (("--dataset", args.dataset), ("--batch-size", args.batch_size),
                         ("--mixed-precision", args.mixed_precision), ("--peak-tflops", args.peak_tflops)):
@@ -336,11 +339,7 @@ def main():
         for _ in range(args.repeats):
             for variant in variants:
                 for mode in args.modes:
-                    if args.in_process:
-                        result = measure(argparse.Namespace(**{**vars(args), "recipe": recipe, "mode": mode,
-                                                               "overrides": [*args.overrides, *variant]}))
-                    else:
-                        result = run_one(args, recipe, mode, variant)
+                    result = run_one(args, recipe, mode, variant)
                     key = (" ".join(variant), mode)
                     if key not in best or result["samples_per_s"] > best[key]["samples_per_s"]:
                         best[key] = result
